@@ -1,0 +1,68 @@
+"""Baseline training: wall time and best val top-1 of recipe=baseline on the embedded data sets.
+
+    python benchmarks/bench_baseline.py            # both runs
+    python benchmarks/bench_baseline.py --only digits
+
+Targets (issue 2): efficientnet_b0 on digits >= 95% val top-1; resnet18 on fashion_mnist >= 90%
+in a few epochs. Each run goes through the same code path as `python train.py recipe=baseline`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+from conftest import compose_config  # noqa: E402
+
+RUNS = {
+    "digits": ["data=digits", "model=efficientnet_b0", "trainer.max_epochs=30"],
+    "fashion_mnist": ["data=fashion_mnist", "model=resnet18", "trainer.max_epochs=3", "data.num_workers=1"],
+}
+TARGETS = {"digits": 0.95, "fashion_mnist": 0.90}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=sorted(RUNS), default=None)
+    args = parser.parse_args()
+    results = {}
+    for name, overrides in RUNS.items():
+        if args.only and name != args.only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = compose_config(
+                ["recipe=baseline", "logger=csv", "callbacks.progress_bar=null", *overrides], Path(tmp)
+            )
+            start = time.perf_counter()
+            out = hydra.utils.instantiate(cfg.recipe)(cfg)
+            wall = time.perf_counter() - start
+        results[name] = {
+            "overrides": overrides,
+            "backbone": cfg.model.backbone,
+            "epochs": cfg.trainer.max_epochs,
+            "best_val_acc1": out["metrics"].get("best/val/acc1"),
+            "target": TARGETS[name],
+            "wall_s": round(wall, 1),
+        }
+    table = Table(title="recipe=baseline")
+    for col in ("data", "backbone", "epochs", "best val top-1", "target", "wall time"):
+        table.add_column(col)
+    for name, r in results.items():
+        table.add_row(name, r["backbone"], str(r["epochs"]), f"{r['best_val_acc1']:.4f}", f">= {r['target']}", f"{r['wall_s']:.0f} s")
+    Console().print(table)
+    path = write_results("bench_baseline", "python benchmarks/bench_baseline.py", results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""End-to-end recipes of npas-lightning (installed as ``npas_lightning.recipes``)."""
