@@ -95,6 +95,11 @@ def load_weights(net: torch.nn.Module, checkpoint: str) -> None:
 class ClassifierModule(L.LightningModule):
     """Image classification with any timm model; the paper's SGD + cosine setup by default.
 
+    ``hard_activations=True`` builds NPAS Phase 1's variant (SiLU/swish -> hard-swish, sigmoid ->
+    hard-sigmoid, SE gates included) with the same state-dict keys, so Phase-1 checkpoints reload.
+    ``plan`` (an NPAS plan's dict form) replaces each layer whose ``filter_type`` is not ``keep`` by
+    its candidate, so a searched architecture rebuilds from plain data before ``checkpoint`` loads.
+
     Example:
         >>> module = ClassifierModule("resnet18", num_classes=10)
         >>> module(torch.randn(2, 3, 32, 32)).shape
@@ -112,6 +117,8 @@ class ClassifierModule(L.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         label_smoothing: float = 0.0,
+        hard_activations: bool = False,
+        plan: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(label_smoothing) < 1.0:
@@ -127,6 +134,8 @@ class ClassifierModule(L.LightningModule):
                 "optimizer": _plain(optimizer),
                 "scheduler": _plain(scheduler),
                 "label_smoothing": float(label_smoothing),
+                "hard_activations": bool(hard_activations),
+                "plan": _plain(plan),
             }
         )
         self.net = create_timm_model(
@@ -134,9 +143,19 @@ class ClassifierModule(L.LightningModule):
             num_classes=int(num_classes),
             in_chans=int(in_chans),
             pretrained=pretrained,
-            checkpoint=checkpoint,
             model_kwargs=self.hparams.model_kwargs,
         )
+        if hard_activations:  # NPAS Phase 1's model: hard-swish / hard-sigmoid, same state-dict keys
+            from npas_lightning.transforms.activations import swap_activations
+
+            swap_activations(self.net)
+        if self.hparams.plan:  # the searched architecture: each layer's filter type from the plan
+            from npas_lightning.plan import NPASScheme
+            from npas_lightning.transforms.apply import apply_filter_types
+
+            self.net = apply_filter_types(self.net, NPASScheme.resolve(self.hparams.plan, self.net), inplace=True)
+        if checkpoint:
+            load_weights(self.net, checkpoint)
         top5 = min(5, int(num_classes))
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")

@@ -65,3 +65,26 @@ def test_optimizer_and_schedule_by_name():
         build_optimizer(params, {"name": "lamb"})
     with pytest.raises(ValueError, match=r"model.scheduler.name='poly' is not known"):
         build_scheduler(opt, {"name": "poly"}, total_steps=10, steps_per_epoch=1)
+
+
+def test_hard_activations_build_the_phase1_variant_with_the_same_keys():
+    plain = ClassifierModule("efficientnet_b0", num_classes=10)
+    hard = ClassifierModule("efficientnet_b0", num_classes=10, hard_activations=True)
+    kinds = {type(m).__name__ for m in hard.net.modules()}
+    assert "Hardswish" in kinds and "SiLU" not in kinds
+    assert list(plain.state_dict()) == list(hard.state_dict())
+    assert hard.hparams.hard_activations is True
+
+
+def test_plan_filter_types_rebuild_the_architecture_before_the_checkpoint_loads(tmp_path):
+    plan = {"blocks.2.0.conv_dw": {"filter_type": "3x3dw_1x1", "scheme": "unstructured", "rate": 1}}
+    searched = ClassifierModule("efficientnet_b0", num_classes=10, hard_activations=True, plan=plan)
+    assert type(searched.net.blocks[2][0].conv_dw).__name__ != "Conv2dSame"
+    assert "blocks.2.0.conv_dw.weight" not in searched.net.state_dict()
+    torch.save(searched.net.state_dict(), tmp_path / "searched.pth")
+    again = ClassifierModule("efficientnet_b0", num_classes=10, hard_activations=True, plan=plan,
+                             checkpoint=str(tmp_path / "searched.pth"))
+    x = torch.randn(2, 3, 32, 32)
+    searched.eval()
+    again.eval()
+    assert torch.allclose(searched(x), again(x))

@@ -1,0 +1,1 @@
+"""npas_lightning.algorithms."""

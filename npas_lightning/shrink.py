@@ -1,0 +1,185 @@
+"""Physical shrink of filter-pruned layers with Torch-Pruning's dependency graph.
+
+A filter-pruned layer carries all-zero output filters (and, through
+:func:`npas_lightning.algorithms.masking.parameter_masks`, a zero bias and zero BatchNorm affine on
+those channels), so those channels output exactly zero. :func:`shrink_filter_pruned` removes them:
+Torch-Pruning finds every layer coupled to the channels (BatchNorm, consumers' input channels,
+depthwise convs, residual adds), and a layer is only cut when every coupled module that *produces*
+values on the removed channels holds zeros there, which makes the removal exact. Otherwise the layer
+stays dense-and-masked and the report says why (typical on timm families: a depthwise conv or a
+Squeeze-Excite after an expansion conv, or a residual add that couples the channel with other
+layers).
+
+Example:
+    >>> small, report = shrink_filter_pruned(model, plan, torch.randn(1, 3, 32, 32))  # doctest: +SKIP
+    >>> report.params_after < report.params_before                                      # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from rich.table import Table
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from npas_lightning.plan import NPASScheme
+
+
+@dataclass
+class ShrinkReport:
+    """What :func:`shrink_filter_pruned` did.
+
+    Attributes:
+        shrunk: layer -> (output channels before, after).
+        kept_masked: layer -> why it was left dense with its mask.
+        params_before / params_after: parameter counts of the whole model.
+        max_abs_diff: largest |output difference| on the example input, shrunk vs masked model.
+    """
+
+    shrunk: dict[str, tuple[int, int]] = field(default_factory=dict)
+    kept_masked: dict[str, str] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+    max_abs_diff: float = 0.0
+
+    def table(self) -> Table:
+        t = Table(title=f"shrink: params {self.params_before:,} -> {self.params_after:,}, max |diff| {self.max_abs_diff:.2e}")
+        t.add_column("layer")
+        t.add_column("result")
+        t.add_column("channels / reason")
+        for name, (before, after) in self.shrunk.items():
+            t.add_row(name, "shrunk", f"{before} -> {after}")
+        for name, why in self.kept_masked.items():
+            t.add_row(name, "kept masked", why)
+        return t
+
+
+def _zero_at(t: Tensor | None, idxs: list[int]) -> bool:
+    return t is None or not bool(t.detach()[idxs].any())
+
+
+def _as_plain(idxs) -> list[int]:
+    return [int(getattr(i, "idx", i)) for i in idxs]
+
+
+def shrink_filter_pruned(
+    model: nn.Module,
+    plan: NPASScheme | Mapping,
+    example_input: Tensor,
+    *,
+    atol: float = 1e-5,
+    inplace: bool = False,
+) -> tuple[nn.Module, ShrinkReport]:
+    """Remove the all-zero output channels of the plan's ``filter`` layers.
+
+    Args:
+        model: a masked model (its filter layers carry zero filters).
+        plan: the plan (resolved, or the dict form resolved against ``model``).
+        example_input: a batch used to trace the dependency graph and check outputs.
+        atol: tolerance of the output check reported in ``max_abs_diff``.
+        inplace: modify ``model`` instead of a deep copy.
+
+    Returns:
+        ``(shrunk model, ShrinkReport)``; the model is in eval mode.
+    """
+    import torch_pruning as tp
+
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input={type(example_input).__name__} must be a torch.Tensor batch")
+    if not isinstance(plan, NPASScheme):
+        plan = NPASScheme.resolve(plan, model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    report = ShrinkReport(params_before=sum(p.numel() for p in model.parameters()))
+    with torch.no_grad():
+        reference = model(example_input)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    names = {m: n for n, m in model.named_modules()}
+    for name, lp in plan.items():
+        if lp.scheme != "filter" or lp.rate <= 1.0 or lp.filter_type == "skip":
+            continue
+        layer = model.get_submodule(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            report.kept_masked[name] = f"{type(layer).__name__} is not a Conv2d or Linear"
+            continue
+        dead = (~layer.weight.detach().reshape(layer.weight.shape[0], -1).any(dim=1)).nonzero().flatten().tolist()
+        before = layer.weight.shape[0]
+        if not dead:
+            report.kept_masked[name] = "no all-zero output filter (is the model masked?)"
+            continue
+        if len(dead) == before:
+            report.kept_masked[name] = "every filter is zero; removing the layer's output is not a shrink"
+            continue
+        if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+            report.kept_masked[name] = f"grouped/depthwise conv (groups={layer.groups}): its channels are tied to its input"
+            continue
+        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
+        try:
+            group = dg.get_pruning_group(layer, fn, idxs=dead)
+        except Exception as err:  # Torch-Pruning cannot trace this layer's coupling
+            report.kept_masked[name] = f"Torch-Pruning could not build the group: {type(err).__name__}: {err}"
+            continue
+        reasons = []
+        for item in group.items:
+            module = item.dep.target.module
+            if not isinstance(module, nn.Module) or next(module.parameters(recurse=False), None) is None:
+                continue
+            why = _blocker_plain(item, dg, layer, names, _as_plain(item.idxs))
+            if why:
+                reasons.append(why)
+        if reasons:
+            report.kept_masked[name] = "; ".join(dict.fromkeys(reasons))
+            continue
+        if not dg.check_pruning_group(group):
+            report.kept_masked[name] = "the group would remove every channel of a coupled layer"
+            continue
+        group.prune()
+        report.shrunk[name] = (before, layer.weight.shape[0])
+    with torch.no_grad():
+        out = model(example_input)
+    report.max_abs_diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("inf")
+    report.params_after = sum(p.numel() for p in model.parameters())
+    if report.max_abs_diff > atol:
+        raise RuntimeError(
+            f"shrinking changed the outputs by {report.max_abs_diff:.3g} > atol={atol}; layers shrunk: "
+            f"{list(report.shrunk)}. This is a bug: every removed channel was checked to output zero"
+        )
+    return model, report
+
+
+def _blocker_plain(item, dg, root: nn.Module, names: Mapping[nn.Module, str], idxs: list[int]) -> str | None:
+    """Why removing ``idxs`` of this group item would change outputs (None when it would not)."""
+    import torch_pruning as tp
+
+    module = item.dep.target.module
+    if module is root:
+        return None
+    name = names.get(module, type(module).__name__)
+    handler = item.dep.handler
+    if isinstance(module, nn.Conv2d):
+        depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
+        if module.groups > 1 and not depthwise:
+            return f"grouped conv {name} (groups={module.groups}) is coupled"
+        if not depthwise and handler == tp.prune_conv_in_channels:
+            return None  # a consumer: it reads zeros on those channels
+        if _zero_at(module.weight, idxs) and _zero_at(module.bias, idxs):
+            return None
+        kind = "depthwise conv" if depthwise else "conv"
+        return f"coupled {kind} {name} produces non-zero values on these channels"
+    if isinstance(module, nn.Linear):
+        if handler == tp.prune_linear_in_channels:
+            return None
+        if _zero_at(module.weight, idxs) and _zero_at(module.bias, idxs):
+            return None
+        return f"coupled linear {name} produces non-zero values on these channels"
+    if isinstance(module, _BatchNorm):
+        if _zero_at(module.weight, idxs) and _zero_at(module.bias, idxs):
+            return None
+        return f"BatchNorm {name} has a non-zero affine on these channels (it outputs a constant, not zero)"
+    return f"coupled {type(module).__name__} {name} is not supported"
