@@ -70,28 +70,7 @@ def resolve_plan_root(
 
 
 def _resolve(plan: NPASScheme | Mapping, model: nn.Module, exclude: Sequence[str] | None) -> NPASScheme:
-    """``NPASScheme.resolve``, also accepting a resolved plan whose filter types are already applied.
-
-    Layers replaced by :func:`npas_lightning.transforms.apply_filter_types` are no longer Conv2d
-    modules; they are accepted when the module at that name reports the planned ``filter_type``,
-    and the remaining layers are validated as usual.
-    """
-    if isinstance(plan, NPASScheme):
-        applied = set()
-        for name, lp in plan.items():
-            if lp.filter_type == "keep":
-                continue
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                continue
-            if getattr(module, "filter_type", None) == lp.filter_type:
-                applied.add(name)
-        if applied:
-            rest = NPASScheme({n: lp for n, lp in plan.items() if n not in applied})
-            if len(rest):
-                NPASScheme.resolve(rest, model)
-            return plan
+    """``NPASScheme.resolve`` (layers whose filter types are already applied resolve as themselves)."""
     return NPASScheme.resolve(plan, model, exclude=exclude)
 
 

@@ -191,8 +191,30 @@ def _layer_plan(fields: dict[str, Any]) -> LayerPlan:
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``{name: module}`` of every ``nn.Conv2d`` and ``nn.Linear`` in registration order."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n}
+    """``{name: module}`` of every ``nn.Conv2d`` and ``nn.Linear`` in registration order.
+
+    A layer already replaced by its filter-type candidate (a module with a ``filter_type``
+    attribute, see :func:`npas_lightning.transforms.apply_filter_types`) counts as one layer under
+    its original name, so a plan resolves the same before and after its filter types are applied.
+    """
+    layers: dict[str, nn.Module] = {}
+    applied: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix + ".") for prefix in applied):
+            continue
+        if isinstance(getattr(module, "filter_type", None), str):
+            applied.append(name)
+            layers[name] = module
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            layers[name] = module
+    return layers
+
+
+def _candidate_weights(name: str, filter_type: str, candidate: nn.Module) -> list[tuple[str, Tensor, str]]:
+    return [
+        (f"{name}[{filter_type}].{n}", m.weight, "fc" if isinstance(m, nn.Linear) else weight_kind(m.weight, groups=m.groups))
+        for n, m in candidate.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
 
 
 def default_exclusions(model: nn.Module) -> list[str]:
@@ -225,6 +247,16 @@ def _validate_layer(name: str, module: nn.Module, lp: LayerPlan) -> None:
     """Check ``lp`` against the real module; raise PlanError naming the layer."""
     from npas_lightning.transforms.candidates import FilterTypeError, allowed_filter_types, build_candidate
 
+    applied = getattr(module, "filter_type", None)
+    if isinstance(applied, str):  # the candidate is already in the model
+        if lp.filter_type != applied:
+            raise PlanError(
+                f"layer {name!r} already has filter type {applied!r} applied; the plan asks for "
+                f"{lp.filter_type!r} (apply plans to the original model)"
+            )
+        weights = [] if lp.rate == 1.0 else _candidate_weights(name, applied, module)
+        _validate_weights(lp, weights)
+        return
     allowed = allowed_filter_types(module)
     if lp.filter_type not in allowed:
         raise PlanError(
@@ -240,11 +272,11 @@ def _validate_layer(name: str, module: nn.Module, lp: LayerPlan) -> None:
             cand = build_candidate(lp.filter_type, module, layer_name=name)
         except FilterTypeError as e:
             raise PlanError(str(e)) from None
-        weights = [
-            (f"{name}[{lp.filter_type}].{n}", m.weight,
-             "fc" if isinstance(m, nn.Linear) else weight_kind(m.weight, groups=m.groups))
-            for n, m in cand.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-        ]
+        weights = _candidate_weights(name, lp.filter_type, cand)
+    _validate_weights(lp, weights)
+
+
+def _validate_weights(lp: LayerPlan, weights: list[tuple[str, Tensor, str]]) -> None:
     scheme = get_scheme(lp.scheme)
     for wname, w, kind in weights:
         try:
@@ -432,7 +464,8 @@ class NPASScheme(Mapping[str, LayerPlan]):
 
         Every searchable layer of ``model`` (from :func:`npas_lightning.layers.enumerate_layers`) is a
         row. Kept weights and MACs after come from the real masks of the current weights for
-        ``keep`` layers; for replaced layers from the candidate's cost (weights / rate, marked ``~``).
+        ``keep`` layers and for the convs of candidates already applied to ``model``; for layers still
+        to be replaced, from the candidate's cost (weights / rate, marked ``~``).
         """
         from rich.table import Table
 
@@ -447,11 +480,14 @@ class NPASScheme(Mapping[str, LayerPlan]):
             table.add_column(col, justify=justify)
         tot = {"numel": 0, "kept": 0.0, "before": 0, "after": 0.0}
         for li in infos:
-            weight = modules[li.name].weight
+            # a conv inside an applied filter-type candidate belongs to the candidate's plan entry
+            owner = li.name if li.name in modules else next((n for n in modules if li.name.startswith(n + ".")), None)
+            applied = owner is not None and owner != li.name
+            weight = model.get_submodule(li.name).weight
             numel = weight.numel()
-            lp = self._layers.get(li.name)
+            lp = self._layers.get(owner) if owner is not None else None
             kept, after, approx = float(numel), float(li.macs), ""
-            if lp is not None and lp.filter_type != "keep":
+            if lp is not None and lp.filter_type != "keep" and not applied:
                 from npas_lightning.transforms.candidates import candidate_cost
 
                 macs, params = candidate_cost(lp.filter_type, li)

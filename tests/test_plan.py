@@ -230,3 +230,36 @@ def test_other_errors(effnet, tmp_path):
         NPASScheme({"": LayerPlan()})
     with pytest.raises(PlanError, match=r"params=3: expected a mapping of scheme parameters"):
         LayerPlan(params=3)
+
+
+def test_plan_resolves_on_a_model_with_its_filter_types_applied():
+    from npas_lightning.transforms import apply_filter_types
+
+    net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=10)
+    plan = NPASScheme.resolve(
+        {
+            "blocks.1.0.conv_dw": {"filter_type": "3x3dw_1x1", "scheme": "block_punched", "rate": 2},
+            "blocks.2.1.conv_dw": {"filter_type": "skip", "scheme": "unstructured", "rate": 1},
+            "blocks.3.*": {"scheme": "block_punched", "rate": 3},
+        },
+        net,
+    )
+    applied = apply_filter_types(net, plan)
+    again = NPASScheme.resolve(plan.to_dict(), applied)
+    assert again.structural_hash() == plan.structural_hash()
+    assert "blocks.1.0.conv_dw.dw" not in dict(again)  # the candidate counts as one layer
+    with pytest.raises(PlanError, match=r"layer 'blocks.1.0.conv_dw' already has filter type '3x3dw_1x1' applied"):
+        NPASScheme.resolve({"blocks.1.0.conv_dw": {"filter_type": "keep", "scheme": "unstructured", "rate": 2}}, applied)
+
+
+def test_table_on_a_model_with_its_filter_types_applied():
+    from npas_lightning.transforms import apply_filter_types
+
+    net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=10)
+    plan = NPASScheme.resolve({"blocks.1.0.conv_dw": {"filter_type": "3x3dw_1x1", "scheme": "block_punched",
+                                                       "rate": 2}}, net)
+    applied = apply_filter_types(net, plan)
+    console = Console(record=True, width=250)
+    console.print(plan.table(applied, torch.randn(1, 3, 32, 32)))
+    text = console.export_text()
+    assert "blocks.1.0.conv_dw.dw" in text and "blocks.1.0.conv_dw.pw" in text and "3x3dw_1x1" in text
