@@ -183,3 +183,20 @@ def _blocker_plain(item, dg, root: nn.Module, names: Mapping[nn.Module, str], id
             return None
         return f"BatchNorm {name} has a non-zero affine on these channels (it outputs a constant, not zero)"
     return f"coupled {type(module).__name__} {name} is not supported"
+
+
+def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.Tensor) -> tuple[nn.Module, dict]:
+    """Eval-mode copy of a pruned model ready for code generation, filter-pruned channels cut physically.
+
+    Returns ``(model, info)``; ``info`` says how many layers were cut, or why the dense-masked model
+    is used instead (the shrink failed): it is measured as it is, and said so, never guessed.
+    """
+    frozen = copy.deepcopy(model).cpu().eval()
+    info: dict = {}
+    if any(lp.scheme == "filter" and lp.pruned for lp in plan.values()):
+        try:
+            frozen, report = shrink_filter_pruned(frozen, plan, example_input, inplace=True)
+            info.update(shrunk_layers=len(report.shrunk), params_after_shrink=report.params_after)
+        except Exception as err:  # noqa: BLE001 - measured as the dense-masked model, and said so
+            info["shrink_error"] = f"{type(err).__name__}: {err}"[:300]
+    return frozen, info

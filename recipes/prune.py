@@ -62,6 +62,9 @@ def run(
     ckpt_path: str | None = None,
     save_name: str = "pruned.ckpt",
     test: bool = False,
+    teacher_checkpoint: str | None = None,
+    kd_alpha: float = 0.5,
+    kd_temperature: float = 4.0,
 ) -> dict[str, Any]:
     """Prune ``cfg.model`` (from ``init_checkpoint`` when given) with ``cfg.pruning`` and fine-tune.
 
@@ -70,10 +73,14 @@ def run(
         ckpt_path: resume an interrupted prune run from its Lightning checkpoint (masks included).
         save_name: file name of the final pruned checkpoint under ``paths.output_dir``.
         test: also run the test loop with the final pruned weights.
+        teacher_checkpoint: a trained teacher (ClassifierModule ``.ckpt``, ``.pth``): the model becomes a
+            DistillationModule and the fine-tune distils from it (``kd_alpha``, ``kd_temperature``).
     """
     node = _pruning_node(cfg)
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise FileNotFoundError(f"recipe.init_checkpoint={init_checkpoint!r} does not exist")
+    if teacher_checkpoint and not Path(teacher_checkpoint).is_file():
+        raise FileNotFoundError(f"recipe.teacher_checkpoint={teacher_checkpoint!r} does not exist")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"recipe.ckpt_path={ckpt_path!r} does not exist")
     if not save_name or Path(save_name).name != save_name:
@@ -85,7 +92,11 @@ def run(
             "(npas_lightning.callbacks.MagnitudePruning, ...)"
         )
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule, **({"checkpoint": init_checkpoint} if init_checkpoint else {}))
+    overrides: dict[str, Any] = {"checkpoint": init_checkpoint} if init_checkpoint else {}
+    if teacher_checkpoint:
+        overrides.update(_target_="npas_lightning.models.distillation.DistillationModule",
+                         teacher_checkpoint=teacher_checkpoint, alpha=kd_alpha, temperature=kd_temperature)
+    model = build_model(cfg, datamodule, **overrides)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks=[*build_callbacks(cfg), pruning], logger=loggers)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

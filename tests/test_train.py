@@ -11,7 +11,13 @@ import pytest
 from npas_lightning.utils.builders import build_datamodule, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p.stem for p in (ROOT / "configs" / "recipe").glob("*.yaml"))
+# The NPAS pipelines take minutes even under debug=smoke (every phase compiles with TVM):
+# tests/recipes/test_npas.py runs npas_effnet end to end (killed between phases and continued);
+# the other pipeline configs run here with `pytest -m slow`.
+RECIPES = [
+    pytest.param(p.stem, marks=pytest.mark.slow) if p.stem.startswith("npas") else p.stem
+    for p in sorted((ROOT / "configs" / "recipe").glob("*.yaml"))
+]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -140,17 +140,9 @@ class FastEvaluator:
 
     def frozen_for_compile(self, model: nn.Module, plan) -> tuple[nn.Module, dict[str, Any]]:
         """Eval-mode copy of the pruned model for code generation; filter-pruned channels cut physically."""
-        frozen = copy.deepcopy(model).cpu().eval()
-        info: dict[str, Any] = {}
-        if any(lp.scheme == "filter" and lp.pruned for lp in plan.values()):
-            from npas_lightning.shrink import shrink_filter_pruned
+        from npas_lightning.shrink import frozen_for_compile
 
-            try:
-                frozen, report = shrink_filter_pruned(frozen, plan, self.example_input, inplace=True)
-                info.update(shrunk_layers=len(report.shrunk), params_after_shrink=report.params_after)
-            except Exception as e:  # noqa: BLE001 - measured as the dense-masked model, and said so
-                info["shrink_error"] = f"{type(e).__name__}: {e}"[:300]
-        return frozen, info
+        return frozen_for_compile(model, plan, self.example_input)
 
     def latency_key(self, frozen: nn.Module, plan) -> tuple[str, dict[str, Any]]:
         """Key of the compiler's latency cache: structure of the compiled model + plan + shape + target."""

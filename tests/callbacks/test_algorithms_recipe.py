@@ -12,8 +12,8 @@ from npas_lightning.checkpoint import load_plan
 @pytest.mark.parametrize(
     ("pruning", "extra"),
     [
-        ("group_lasso", []),
-        ("fpgm", []),
+        pytest.param("group_lasso", [], marks=pytest.mark.slow),
+        pytest.param("fpgm", [], marks=pytest.mark.slow),
         ("admm", ["model=distillation", "model.teacher_backbone=test_efficientnet"]),
     ],
     ids=["group_lasso", "fpgm", "admm+kd"],

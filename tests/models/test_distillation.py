@@ -100,9 +100,10 @@ def test_works_with_every_pruning_callback_and_prunes_the_student_only(tmp_path,
 def test_teacher_from_a_classifier_checkpoint(tmp_path):
     L.seed_everything(0)
     source = ClassifierModule("test_resnet", num_classes=4)
-    trainer = _trainer(tmp_path, epochs=1)
-    trainer.fit(source, _data(n=8))
-    trainer.save_checkpoint(tmp_path / "teacher.ckpt")
+    with torch.no_grad():  # trained-looking BatchNorm statistics, so eval mode matters
+        source.net(torch.randn(8, 3, 32, 32))
+    # the layout of a ClassifierModule Lightning checkpoint: "net."-prefixed state dict + hyper_parameters
+    torch.save({"state_dict": source.state_dict(), "hyper_parameters": dict(source.hparams)}, tmp_path / "teacher.ckpt")
     module = DistillationModule("test_efficientnet", num_classes=4, teacher_checkpoint=str(tmp_path / "teacher.ckpt"))
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(module.teacher(x), source.net.eval()(x), atol=1e-5)

@@ -53,3 +53,18 @@ def test_prune_recipe_refusals(make_cfg, tmp_path):
                    "~pruning.start_epoch", "~pruning.end_epoch", "~pruning.frequency", "~pruning.schedule")
     with pytest.raises(TypeError, match=r"pruning._target_='torch.nn.Identity' built a Identity, not a PruningCallback"):
         hydra.utils.instantiate(cfg.recipe)(cfg)
+
+
+def test_prune_recipe_distils_from_a_teacher_checkpoint(make_cfg, tmp_path):
+    from npas_lightning.models import ClassifierModule
+
+    teacher = ClassifierModule("resnet18", num_classes=10)
+    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams)}, tmp_path / "t.ckpt")
+    cfg = make_cfg("recipe=prune", "debug=smoke", "model=resnet18", f"recipe.teacher_checkpoint={tmp_path / 't.ckpt'}")
+    result = hydra.utils.instantiate(cfg.recipe)(cfg)
+    ckpt = torch.load(result["artifacts"]["pruned checkpoint"], weights_only=True)
+    assert any(k.startswith("teacher.") for k in ckpt["state_dict"]) and ckpt["hyper_parameters"]["alpha"] == 0.5
+    assert result["metrics"]["prune/sparsity"] > 0
+    cfg = make_cfg("recipe=prune", "recipe.teacher_checkpoint=/nope/t.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"recipe.teacher_checkpoint='/nope/t.ckpt' does not exist"):
+        hydra.utils.instantiate(cfg.recipe)(cfg)
