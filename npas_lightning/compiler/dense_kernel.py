@@ -1,0 +1,91 @@
+"""Block-structured dense matmul ``Y[N, F] = X[N, C] @ W^T``, reading and writing natural layouts.
+
+Weights are packed per filter block ``W[Fn, C, ft]``: the filter tile ``ft`` (a multiple of the
+vector width) is the vectorised axis, ``nt`` batch rows form the register tile. Batch 1 is a
+streaming GEMV over the packed weights; batched inputs reuse each weight vector ``nt`` times.
+``kept`` (``[Fn, K]`` int32 channel indices per filter block) turns it into the block-sparse
+matmul of block-based pruning with the same schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["DenseTile", "dense_primfunc", "pack_dense_weight"]
+
+
+@dataclass(frozen=True)
+class DenseTile:
+    """``ft`` filters per tile (vectorised), ``nt`` batch rows per tile, ``cu`` reduction unroll."""
+
+    ft: int = 16
+    nt: int = 1
+    cu: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pack_dense_weight(weight: np.ndarray, ft: int) -> np.ndarray:
+    """[F, C] (nn.Linear layout) -> ``[ceil(F/ft), C, ft]``, zero filters pad the last block."""
+    f, c = weight.shape
+    fn = -(-f // ft)
+    out = np.zeros((fn * ft, c), dtype="float32")
+    out[:f] = weight
+    return np.ascontiguousarray(out.reshape(fn, ft, c).transpose(0, 2, 1))
+
+
+def dense_primfunc(n: int, c: int, f: int, tile: DenseTile, kept: np.ndarray | None = None):
+    """Scheduled PrimFunc ``(X[N,C], W[Fn,C|K,ft], [Kc[Fn,K]], Y[N,Fp])`` with ``Fp = Fn*ft``."""
+    from tvm import te
+
+    ft = tile.ft
+    fn = -(-f // ft)
+    if n % tile.nt:
+        raise ValueError(f"tile.nt={tile.nt} must divide the batch size n={n}")
+    x = te.placeholder((n, c), name="X")
+    if kept is None:
+        w = te.placeholder((fn, c, ft), name="W")
+        rc = te.reduce_axis((0, c), "rc")
+
+        def body(i, j):
+            return te.sum(x[i, rc] * w[j // ft, rc, j % ft], axis=[rc])
+        args = [x, w]
+    else:
+        k = int(np.asarray(kept).shape[1])
+        w = te.placeholder((fn, k, ft), name="W")
+        kc = te.placeholder((fn, k), name="Kc", dtype="int32")
+        rc = te.reduce_axis((0, k), "rk")
+
+        def body(i, j):
+            return te.sum(x[i, kc[j // ft, rc]] * w[j // ft, rc, j % ft], axis=[rc])
+        args = [x, w, kc]
+    y = te.compute((n, fn * ft), body, name="dense")
+    func = te.create_prim_func([*args, y])
+    return _schedule_dense(func, tile, reduce_len=c if kept is None else k)
+
+
+def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(func)
+    b = sch.get_sblock("dense")
+    i, j, r = sch.get_loops(b)
+    jo, ji = sch.split(j, [None, tile.ft])
+    io, ii = sch.split(i, [None, tile.nt])
+    cu = tile.cu if reduce_len % tile.cu == 0 else 1
+    ro, ri = sch.split(r, [None, cu])
+    sch.reorder(jo, io, ro, ri, ii, ji)
+    outer = sch.fuse(jo, io)
+    sch.parallel(outer)
+    cw = sch.cache_write(b, 0, "local")
+    sch.reverse_compute_at(cw, outer)
+    sch.unroll(ri)
+    sch.unroll(ii)
+    sch.vectorize(ji)
+    sch.decompose_reduction(b, ro)
+    wl = sch.get_loops(cw)
+    sch.vectorize(wl[-1])
+    return sch.mod["main"]
