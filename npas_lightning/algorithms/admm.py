@@ -34,6 +34,7 @@ from torch import Tensor
 
 from npas_lightning.plan import LayerPlan
 from npas_lightning.schemes import get_scheme
+from npas_lightning.utils.registry import Registry
 
 __all__ = [
     "ADMMState",
@@ -52,34 +53,13 @@ __all__ = [
 #: ``fn(rho_init, updates, *, factor, rho_max) -> rho`` after ``updates`` Z/U updates.
 RhoSchedule = Callable[..., float]
 
-_RHO_SCHEDULES: dict[str, RhoSchedule] = {}
-
-
-def register_rho_schedule(name: str) -> Callable[[RhoSchedule], RhoSchedule]:
-    """Register a rho schedule ``fn(rho_init, updates, *, factor, rho_max) -> rho`` under ``name``."""
-
-    def deco(fn: RhoSchedule) -> RhoSchedule:
-        if name in _RHO_SCHEDULES:
-            raise ValueError(f"rho schedule {name!r} is already registered")
-        _RHO_SCHEDULES[name] = fn
-        return fn
-
-    return deco
-
-
-def list_rho_schedules() -> list[str]:
-    """Names of the registered rho schedules, sorted."""
-    return sorted(_RHO_SCHEDULES)
-
-
-def get_rho_schedule(name: str) -> RhoSchedule:
-    """The rho schedule registered as ``name``; a ValueError lists the accepted names otherwise."""
-    try:
-        return _RHO_SCHEDULES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"rho_schedule={name!r} is not a registered rho schedule; expected one of {list_rho_schedules()}"
-        ) from None
+_RHO_SCHEDULES: Registry[RhoSchedule] = Registry("rho schedule", key="rho_schedule")
+#: Register a rho schedule ``fn(rho_init, updates, *, factor, rho_max) -> rho`` under a name (decorator).
+register_rho_schedule = _RHO_SCHEDULES.register
+#: Names of the registered rho schedules, sorted.
+list_rho_schedules = _RHO_SCHEDULES.names
+#: The rho schedule registered under a name; a ValueError lists the accepted names otherwise.
+get_rho_schedule = _RHO_SCHEDULES.get
 
 
 @register_rho_schedule("geometric")

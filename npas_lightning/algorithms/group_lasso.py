@@ -43,6 +43,7 @@ from torch import Tensor
 
 from npas_lightning.plan import LayerPlan
 from npas_lightning.schemes import PATTERN_RATE, get_scheme
+from npas_lightning.utils.registry import Registry
 
 __all__ = [
     "UNSTRUCTURED_MODES",
@@ -129,24 +130,11 @@ def _crop(w: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 Grouping = Callable[[tuple[int, ...], float, dict[str, Any]], list[GroupSet]]
-_GROUPINGS: dict[str, Grouping] = {}
-
-
-def register_grouping(scheme: str) -> Callable[[Grouping], Grouping]:
-    """Register ``fn(shape, rate, params) -> list[GroupSet]`` as the group structure of ``scheme``."""
-
-    def deco(fn: Grouping) -> Grouping:
-        if scheme in _GROUPINGS:
-            raise ValueError(f"a group-Lasso grouping for scheme {scheme!r} is already registered")
-        _GROUPINGS[scheme] = fn
-        return fn
-
-    return deco
-
-
-def list_groupings() -> list[str]:
-    """Schemes that have a group-Lasso grouping, sorted."""
-    return sorted(_GROUPINGS)
+_GROUPINGS: Registry[Grouping] = Registry("group-Lasso grouping", key="scheme")
+#: Register ``fn(shape, rate, params) -> list[GroupSet]`` as the group structure of a scheme (decorator).
+register_grouping = _GROUPINGS.register
+#: Schemes that have a group-Lasso grouping, sorted.
+list_groupings = _GROUPINGS.names
 
 
 def _up(n: int, b: int) -> int:
@@ -223,7 +211,7 @@ def scheme_groups(
     check_grouping(lp, layer_name=layer_name, unstructured=unstructured)
     shape = tuple(int(s) for s in shape)
     _, rate, params = get_scheme(lp.scheme).validate(shape, lp.rate, layer_name=layer_name, **lp.scheme_kwargs())
-    return _GROUPINGS[lp.scheme](shape, rate, params)
+    return _GROUPINGS.get(lp.scheme)(shape, rate, params)
 
 
 def group_norms(weight: Tensor, gs: GroupSet) -> Tensor:

@@ -15,34 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from npas_lightning.utils.registry import Registry
+
 Schedule = Callable[[float], float]
 
-_SCHEDULES: dict[str, Schedule] = {}
-
-
-def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
-    """Register ``fn(progress) -> sparsity fraction`` under ``name`` (decorator)."""
-
-    def deco(fn: Schedule) -> Schedule:
-        if name in _SCHEDULES:
-            raise ValueError(f"schedule {name!r} is already registered")
-        _SCHEDULES[name] = fn
-        return fn
-
-    return deco
-
-
-def list_schedules() -> list[str]:
-    """Names of the registered schedules, sorted."""
-    return sorted(_SCHEDULES)
-
-
-def get_schedule(name: str) -> Schedule:
-    """The schedule registered as ``name``; a ValueError lists the accepted names otherwise."""
-    try:
-        return _SCHEDULES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"schedule={name!r} is not a registered schedule; expected one of {list_schedules()}") from None
+_SCHEDULES: Registry[Schedule] = Registry("schedule", key="schedule")
+#: Register ``fn(progress) -> sparsity fraction`` under a name (decorator).
+register_schedule = _SCHEDULES.register
+#: Names of the registered schedules, sorted.
+list_schedules = _SCHEDULES.names
+#: The schedule registered under a name; a ValueError lists the accepted names otherwise.
+get_schedule = _SCHEDULES.get
 
 
 def _check(progress: float) -> float:

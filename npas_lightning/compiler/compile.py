@@ -24,7 +24,16 @@ import torch
 from torch import nn
 
 from .errors import CompileError
-from .measure import LatencyStats, MeasureSession, open_session, quiet_native_stderr, time_vm
+from .measure import (
+    LatencyStats,
+    LoadedModel,
+    LocalSession,
+    MeasureSession,
+    open_session,
+    quiet_native_stderr,
+    time_loaded,
+    time_vm,
+)
 from .numerics import check_numerics
 from .targets import TargetSpec, resolve_target
 from .tuning import TileCache
@@ -120,12 +129,18 @@ class Compiled:
         if not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
         sess = session if isinstance(session, MeasureSession) else open_session(session or device or "local", rpc)
-        if not self.target.is_host and isinstance(sess, type(open_session("local"))):
+        if not self.target.is_host and isinstance(sess, LocalSession):
             raise CompileError(f"target {self.target.name!r} is not this machine: measure it over RPC "
                                "(compiler.device=rpc with compiler.rpc.host/port or a tracker)")
         x = np.random.default_rng(0).standard_normal(self.input_shape).astype("float32")
-        secs, _ = time_vm(self.executable, self._export_fn, sess, [x], device_kind=self.target.device,
-                          number=number, repeat=repeat, warmup=warmup, threads=self.threads)
+        if isinstance(sess, LocalSession):  # export + link once per process, not once per measurement
+            if self._local_loaded is None:
+                self._local_loaded = LoadedModel(self.executable, self._export_fn, sess,
+                                                 device_kind=self.target.device, threads=self.threads)
+            secs, _ = time_loaded(self._local_loaded, [x], number=number, repeat=repeat, warmup=warmup)
+        else:
+            secs, _ = time_vm(self.executable, self._export_fn, sess, [x], device_kind=self.target.device,
+                              number=number, repeat=repeat, warmup=warmup, threads=self.threads)
         return LatencyStats.from_seconds(
             secs, runs=number, repeats=repeat, warmup=warmup, threads=int(self.threads or 0),
             target=self.target.name, input_shape=tuple(self.input_shape), device=sess.name)
@@ -163,12 +178,15 @@ class Compiled:
         return out
 
     _params: dict = field(default_factory=dict, repr=False)
+    #: the library loaded in this process by the first local measure(), reused by later ones
+    _local_loaded: Any = field(default=None, repr=False)
 
 
 def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = None,
                   target: str | Mapping | TargetSpec = "host", tune: bool = False, threads: int | None = None,
                   check: bool = True, tile_cache: str | os.PathLike | TileCache | None = None,
-                  rtol: float = 1e-4, atol: float = 0.0, schedule: bool = True) -> Compiled:
+                  rtol: float = 1e-4, atol: float = 0.0, schedule: bool = True,
+                  imported: Any = None) -> Compiled:
     """Compile ``model`` for ``target`` with the project's kernels.
 
     Args:
@@ -182,6 +200,9 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
         check: compare TVM and PyTorch on a random input (host targets); raise :class:`NumericsError`
             naming the first diverging layer.
         schedule: ``False`` builds TVM's unscheduled default lowering (the "untuned" reference).
+        imported: the result of ``frontend.import_model(model, example_input)`` done earlier, e.g. in the
+            main thread: ``torch.export`` patches ``nn.Module.__call__`` process-wide while it traces, so
+            a caller that builds in a background thread while training runs imports first.
     """
     from .frontend import import_model
     from .pipeline import build_relax
@@ -195,7 +216,8 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
     phash = plan_hash(plan, model)
     t0 = time.perf_counter()
     model = model.eval()
-    imported = import_model(model, example_input)
+    if imported is None:
+        imported = import_model(model, example_input)
     t_import = time.perf_counter() - t0
     cache = tile_cache if isinstance(tile_cache, TileCache) else TileCache(tile_cache)
     planner = TilePlanner(spec, tune=tune, cache=cache)

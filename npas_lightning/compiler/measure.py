@@ -228,6 +228,12 @@ def time_vm(executable, export_fn, session: MeasureSession, inputs: list[np.ndar
     Returns (per-repeat mean seconds, outputs of one run as numpy arrays).
     """
     loaded = LoadedModel(executable, export_fn, session, device_kind=device_kind, threads=threads)
+    return time_loaded(loaded, inputs, number=number, repeat=repeat, warmup=warmup)
+
+
+def time_loaded(loaded: LoadedModel, inputs: list[np.ndarray], *, number: int, repeat: int,
+                warmup: int) -> tuple[list[float], list[np.ndarray]]:
+    """Run an already loaded model ``warmup`` times, then time ``repeat x number`` runs."""
     loaded.set_inputs(inputs)
     outs = loaded.run()
     for _ in range(max(0, warmup - 1)):

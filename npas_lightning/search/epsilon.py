@@ -14,20 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from npas_lightning.utils.registry import Registry
+
 __all__ = ["EpsilonSchedule", "get_epsilon_schedule", "list_epsilon_schedules", "register_epsilon_schedule"]
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: Registry[type] = Registry("epsilon schedule", key="search.agent.epsilon.name")
 
 
 def register_epsilon_schedule(name: str) -> Callable[[type], type]:
     """Class decorator registering an epsilon schedule under ``name``."""
 
     def deco(cls: type) -> type:
-        if name in _REGISTRY:
-            raise ValueError(f"epsilon schedule {name!r} is already registered")
-        _REGISTRY[name] = cls
         cls.name = name
-        return cls
+        return _REGISTRY.register(name)(cls)
 
     return deco
 
@@ -81,19 +80,15 @@ class Piecewise(EpsilonSchedule):
         return float(self.values[-1])
 
 
-def list_epsilon_schedules() -> list[str]:
-    return sorted(_REGISTRY)
+#: Names of the registered epsilon schedules, sorted.
+list_epsilon_schedules = _REGISTRY.names
 
 
 def get_epsilon_schedule(name: str, **params) -> EpsilonSchedule:
     """Instantiate the schedule registered as ``name`` with ``params``."""
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"search.agent.epsilon.name={name!r} is not a registered epsilon schedule; "
-            f"accepted: {list_epsilon_schedules()}"
-        )
+    cls = _REGISTRY.get(name)
     try:
-        sched = _REGISTRY[name](**params)
+        sched = cls(**params)
     except TypeError as e:
         raise ValueError(f"search.agent.epsilon: bad parameters {params} for schedule {name!r}: {e}") from e
     for ep in (0, 1, 10**6):

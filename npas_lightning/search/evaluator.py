@@ -174,37 +174,17 @@ class FastEvaluator:
         out["import_seconds"] = time.perf_counter() - t0
 
     def _build(self, frozen: nn.Module, out: dict[str, Any]) -> None:
-        """Stage 2, in a background thread while the fine-tune runs: the rest of ``compile_model``
-        (Relax rewrite, schedules, code generation, numerics check) on the imported module.
+        """Stage 2, in a background thread while the fine-tune runs: ``compile_model`` on the module
+        imported by :meth:`_export` (Relax rewrite, schedules, code generation, numerics check).
 
-        Mirrors ``npas_lightning.compiler.compile_model`` after its ``import_model`` call (the compiler
-        has no public two-stage API yet). ``plan`` is not passed: the frozen model already has the plan's
-        filter types, masks and shrunk channels, and the compiler's plan hash resolves plans against
-        the ORIGINAL layer names, which a filter-type-transformed model no longer has.
+        ``plan`` is not passed: the frozen model already has the plan's filter types, masks and shrunk
+        channels, and the latency cache key (:meth:`latency_key`) carries the plan's structure.
         """
-        from npas_lightning.compiler.compile import Compiled
-        from npas_lightning.compiler.numerics import check_numerics
-        from npas_lightning.compiler.pipeline import build_relax
-        from npas_lightning.compiler.rewrite import TilePlanner
-        from npas_lightning.compiler.targets import resolve_target
-        from npas_lightning.compiler.tuning import TileCache
+        from npas_lightning.compiler import compile_model
 
         t0 = time.perf_counter()
         try:
-            kw = self.compile_kwargs
-            threads = kw.get("threads")
-            spec = resolve_target(kw.get("target", "host"), threads=threads)
-            imported = out["imported"]
-            planner = TilePlanner(spec, tune=bool(kw.get("tune", False)), cache=TileCache(kw.get("tile_cache")))
-            result = build_relax(imported.mod, spec, planner=planner, names=imported.names,
-                                 schedule=bool(kw.get("schedule", True)))
-            timings = {"import_s": out.get("import_seconds", 0.0), **result.timings}
-            compiled = Compiled(result.executable, spec, tuple(self.example_input.shape), "search-candidate",
-                                result.records, timings, threads=threads, model_name=type(frozen).__name__)
-            if kw.get("check", True) and spec.is_host:
-                compiled.numerics = check_numerics(compiled, frozen, self.example_input,
-                                                   rtol=kw.get("rtol", 1e-4), atol=kw.get("atol", 0.0))
-            out["compiled"] = compiled
+            out["compiled"] = compile_model(frozen, self.example_input, imported=out["imported"], **self.compile_kwargs)
         except Exception as e:  # noqa: BLE001 - reported as a failed candidate
             out["error"] = f"compile failed: {type(e).__name__}: {e}"
         out["compile_seconds"] = time.perf_counter() - t0 + out.get("import_seconds", 0.0)

@@ -143,3 +143,15 @@ def test_tuning_measures_grid_and_caches_best(tmp_path):
     # a second compile without tuning reuses the measured tiles
     c2 = compile_model(model, x, tune=False, tile_cache=TileCache(path), threads=1)
     assert [k.tile for k in c2.kernels] == [k.tile for k in c1.kernels] and all(k.tuned for k in c2.kernels)
+
+
+def test_repeated_local_measurements_reuse_the_loaded_library():
+    from npas_lightning.compiler import compile_model
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    compiled = compile_model(model, torch.randn(1, 3, 16, 16))
+    first = compiled.measure(number=1, repeat=1, warmup=0)
+    loaded = compiled._local_loaded
+    second = compiled.measure(number=1, repeat=2, warmup=1)
+    assert loaded is not None and compiled._local_loaded is loaded
+    assert first.repeats == 1 and second.repeats == 2 and second.median_ms > 0
