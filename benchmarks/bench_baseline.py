@@ -54,13 +54,14 @@ def main() -> None:
             "target": TARGETS[name],
             "wall_s": round(wall, 1),
         }
+        # written after every run, so an interrupted benchmark keeps what it measured
+        path = write_results("bench_baseline", "python benchmarks/bench_baseline.py", results)
     table = Table(title="recipe=baseline")
     for col in ("data", "backbone", "epochs", "best val top-1", "target", "wall time"):
         table.add_column(col)
     for name, r in results.items():
         table.add_row(name, r["backbone"], str(r["epochs"]), f"{r['best_val_acc1']:.4f}", f">= {r['target']}", f"{r['wall_s']:.0f} s")
     Console().print(table)
-    path = write_results("bench_baseline", "python benchmarks/bench_baseline.py", results)
     print(f"wrote {path}")
 
 
