@@ -7,6 +7,8 @@ polynomial, relative error ~1e-7) vectorises; ``sigmoid(x) = 1 / (1 + fast_exp(-
 
 from __future__ import annotations
 
+from .relax_utils import rewrite_relax_functions
+
 __all__ = ["fast_math"]
 
 
@@ -29,10 +31,7 @@ def fast_math(mod):
             self.mod_ = m
 
         def transform(self):
-            for gv, func in self.mod_.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gv, self.visit_expr(func))
-            return self.builder_.get()
+            return rewrite_relax_functions(self)
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .relax_utils import rewrite_relax_functions
+
 __all__ = ["fold_constants"]
 
 
@@ -85,10 +87,7 @@ def fold_constants(mod):
             self.mod_ = m
 
         def transform(self):
-            for gv, func in self.mod_.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gv, self.visit_expr(func))
-            return self.builder_.get()
+            return rewrite_relax_functions(self)
 
         def _resolve(self, expr):
             if isinstance(expr, relax.Var):

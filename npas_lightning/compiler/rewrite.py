@@ -23,6 +23,7 @@ from .conv_kernel import (
     pack_depthwise_weight,
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
+from .relax_utils import rewrite_relax_functions
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
@@ -154,10 +155,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             self.mod_ = m
 
         def transform(self):
-            for gv, func in self.mod_.functions_items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gv, self.visit_expr(func))
-            return self.builder_.get()
+            return rewrite_relax_functions(self)
 
         def _add_kernel(self, func, symbol):
             func = func.with_attr("global_symbol", symbol).with_attr("op_pattern", 8).with_attr("npas.kernel", 1)
