@@ -27,6 +27,7 @@ This module only wires phases together: the pruning, search and compiler logic l
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -274,7 +275,8 @@ def _final(cfg: DictConfig, out: Path, trial_ckpt: str, phase1_ckpt: str, plan: 
 
 def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Compile every model with its plan and time them in one process, interleaved, same settings."""
-    from npas_lightning.compiler import compile_model
+    from npas_lightning.compiler import LocalSession, compile_model
+    from npas_lightning.compiler.engines import measure_interleaved, tvm_engine
     from npas_lightning.plan import NPASScheme
     from npas_lightning.shrink import frozen_for_compile
     from npas_lightning.utils.builders import build_datamodule, build_model
@@ -282,7 +284,7 @@ def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> d
     comp = OmegaConf.to_container(cfg.compiler, resolve=True) if cfg.get("compiler") else {}
     measure = dict(comp.get("measure") or {})
     if cfg.debug_smoke:
-        measure = {"number": 1, "repeat": 2, "warmup": 1, "rounds": 1}
+        measure = {"number": 1, "repeat": 2, "warmup": 1}
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     x, _ = next(iter(datamodule.val_dataloader()))
@@ -301,17 +303,16 @@ def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> d
             results[name] = {"status": "compiled", "numerics": _numerics(compiled[name]), **info}
         except Exception as err:  # reported, never guessed
             results[name] = {"status": f"not measured: {type(err).__name__}: {err}"}
-    repeats = int(measure.get("rounds", 3))
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in compiled}
-    for _ in range(repeats):  # interleaved rounds: each model measured once per round
-        for name, comp_model in compiled.items():
-            stats = comp_model.measure(number=int(measure.get("number", 10)), repeat=int(measure.get("repeat", 5)),
-                                       warmup=int(measure.get("warmup", 2)))
-            samples[name].append(stats.to_dict())
-    for name, runs in samples.items():
-        best_round = sorted(runs, key=lambda r: r["median_ms"])[len(runs) // 2]
-        results[name].update({"status": "measured", **best_round, "rounds": len(runs)})
-        if cfg.get("compiler") and comp.get("export", True) and name == "final":
+    # every model timed in the same interleaved samples (the compiler's engines, as npas-latency does)
+    session = LocalSession()
+    x_np = example.numpy()
+    engines = [dataclasses.replace(tvm_engine(c, x_np, session), name=name) for name, c in compiled.items()]
+    stats = measure_interleaved(engines, number=int(measure.get("number", 10)), repeat=int(measure.get("repeat", 5)),
+                                warmup=int(measure.get("warmup", 2)), threads=comp.get("threads"),
+                                target=comp.get("target", "host"), input_shape=list(example.shape))
+    for name, st in stats.items():
+        results[name].update({"status": "measured", **st.to_dict()})
+        if comp.get("export", True) and name == "final":
             results[name]["export_dir"] = str(compiled[name].export(out / "final_tvm"))
     return {"latency": results, "input_shape": list(example.shape)}
 

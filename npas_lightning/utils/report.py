@@ -81,8 +81,8 @@ def write_npas_report(cfg: DictConfig, root: Path, phases: dict[str, Any]) -> di
     settings = {
         "target": measured.get("target"), "threads": measured.get("threads") or f"all ({os.cpu_count()} cores)",
         "input_shape": phases["compile"].get("input_shape"), "number": measured.get("runs"),
-        "repeat": measured.get("repeats"), "warmup": measured.get("warmup"), "rounds": measured.get("rounds"),
-        "statistic": "median of the per-repeat means; the middle round of interleaved rounds",
+        "repeat": measured.get("repeats"), "warmup": measured.get("warmup"),
+        "statistic": "median of `repeat` samples, each the mean of `number` runs, all models interleaved",
     }
     algo_rows = [[name, t["status"], _fmt(t.get("val/acc1")), _fmt(t.get("prune/sparsity")), str(t.get("epochs", "-"))]
                  for name, t in phases["algorithms"]["trials"].items()]
