@@ -185,18 +185,56 @@ def _blocker_plain(item, dg, root: nn.Module, names: Mapping[nn.Module, str], id
     return f"coupled {type(module).__name__} {name} is not supported"
 
 
-def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.Tensor) -> tuple[nn.Module, dict]:
-    """Eval-mode copy of a pruned model ready for code generation, filter-pruned channels cut physically.
+def _plan_layer_modules(root: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    """The Conv2d/Linear modules a plan layer name covers: the layer itself, or the convs inside its
+    filter-type candidate (qualified names)."""
+    module = root.get_submodule(name)
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return [(name, module)]
+    return [(f"{name}.{n}", m) for n, m in module.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Linear))]
 
-    Returns ``(model, info)``; ``info`` says how many layers were cut, or why the dense-masked model
-    is used instead (the shrink failed): it is measured as it is, and said so, never guessed.
+
+def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.Tensor) -> tuple[nn.Module, dict]:
+    """Eval-mode copy of a pruned model ready for code generation.
+
+    1. the zeros of every layer the plan prunes with ``block_punched``, ``block_based`` or ``pattern``
+       are checked against the plan (:func:`npas_lightning.sparse.check_structure` raises
+       ``StructureError`` naming a layer that does not match), before anything else;
+    2. filter-pruned channels are cut physically (and, with them, the matching input channels of
+       the layers they feed);
+    3. those sparse-scheme layers become sparse custom-op modules holding only their nonzero weights
+       (:class:`~npas_lightning.sparse.SparseConv2d` / ``SparseLinear``), which the compiler lowers to
+       block-sparse kernels.
+
+    Returns ``(model, info)``; ``info`` says how many layers were cut or made sparse, or why the
+    dense-masked model is used instead of a shrunk one (the shrink failed): it is measured as it is,
+    and said so, never guessed.
     """
+    from npas_lightning.sparse import SPARSE_SCHEMES, SparseConv2d, SparseLinear, check_structure
+
     frozen = copy.deepcopy(model).cpu().eval()
     info: dict = {}
+    sparse_plan = {n: lp for n, lp in plan.items() if lp.pruned and lp.scheme in SPARSE_SCHEMES}
+    for name, lp in sparse_plan.items():
+        for qual, mod in _plan_layer_modules(frozen, name):
+            check_structure(qual, mod.weight.detach(), lp)
     if any(lp.scheme == "filter" and lp.pruned for lp in plan.values()):
         try:
             frozen, report = shrink_filter_pruned(frozen, plan, example_input, inplace=True)
             info.update(shrunk_layers=len(report.shrunk), params_after_shrink=report.params_after)
+            if report.kept_masked:
+                info["not_shrunk"] = {k: str(v)[:300] for k, v in report.kept_masked.items()}
         except Exception as err:  # noqa: BLE001 - measured as the dense-masked model, and said so
             info["shrink_error"] = f"{type(err).__name__}: {err}"[:300]
+    made = 0
+    for name, lp in sparse_plan.items():
+        for qual, mod in _plan_layer_modules(frozen, name):
+            cls = SparseConv2d if isinstance(mod, nn.Conv2d) else SparseLinear
+            parent, _, attr = qual.rpartition(".")
+            holder = frozen.get_submodule(parent) if parent else frozen
+            with torch.no_grad():
+                setattr(holder, attr, cls.from_dense(mod, mod.weight != 0, scheme=lp.scheme))
+            made += 1
+    if made:
+        info["sparse_layers"] = made
     return frozen, info

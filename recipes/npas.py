@@ -275,10 +275,10 @@ def _final(cfg: DictConfig, out: Path, trial_ckpt: str, phase1_ckpt: str, plan: 
 
 def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Compile every model with its plan and time them in one process, interleaved, same settings."""
+    from npas_lightning.algorithms.masking import apply_masks, compute_masks
     from npas_lightning.compiler import LocalSession, compile_model
     from npas_lightning.compiler.engines import measure_interleaved, tvm_engine
     from npas_lightning.plan import NPASScheme
-    from npas_lightning.shrink import frozen_for_compile
     from npas_lightning.utils.builders import build_datamodule, build_model
 
     comp = OmegaConf.to_container(cfg.compiler, resolve=True) if cfg.get("compiler") else {}
@@ -293,14 +293,15 @@ def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> d
     for name, spec in models.items():
         sub = _sub_cfg(cfg, out, {"model.pretrained": False})
         net = build_model(sub, checkpoint=spec["checkpoint"], hard_activations=spec["hard"], plan=spec["plan"]).net.eval()
-        info: dict[str, Any] = {}
-        if spec["plan"]:  # as the search measured it: filter-pruned channels cut physically
-            net, info = frozen_for_compile(net, NPASScheme.resolve(spec["plan"], net), example)
-        try:
+        if spec.get("one_shot"):  # the searched architecture as the search timed it: one-shot magnitude masks
+            resolved = NPASScheme.resolve(spec["plan"], net)
+            apply_masks(net, compute_masks(net, resolved), resolved)
+        try:  # with a plan, as the search measured it: filter layers cut, sparse-scheme layers block-sparse
             compiled[name] = compile_model(net, example, plan=spec["plan"], target=comp.get("target", "host"),
                                            tune=bool(comp.get("tune", False)), threads=comp.get("threads"),
                                            check=True)
-            results[name] = {"status": "compiled", "numerics": _numerics(compiled[name]), **info}
+            results[name] = {"status": "compiled", "numerics": _numerics(compiled[name]),
+                             **compiled[name].prepare_info, "kernels": _kernel_lowering(compiled[name])}
         except Exception as err:  # reported, never guessed
             results[name] = {"status": f"not measured: {type(err).__name__}: {err}"}
     # every model timed in the same interleaved samples (the compiler's engines, as npas-latency does)
@@ -315,6 +316,14 @@ def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> d
         if comp.get("export", True) and name == "final":
             results[name]["export_dir"] = str(compiled[name].export(out / "final_tvm"))
     return {"latency": results, "input_shape": list(example.shape)}
+
+
+def _kernel_lowering(compiled: Any) -> dict[str, int]:
+    """How many kernels ran block-sparse, and how many pruned layers stayed dense (unstructured, unshrunk)."""
+    lowering = [k.sparse.get("lowering", "") for k in compiled.kernels if k.sparse]
+    return {"block_sparse": sum(1 for w in lowering if w == "block-sparse kernel"),
+            "pruned_but_dense": sum(1 for w in lowering if w != "block-sparse kernel"),
+            "total": len(compiled.kernels)}
 
 
 def _numerics(compiled: Any) -> dict[str, Any] | None:
@@ -384,7 +393,7 @@ def run(
     models = {
         "start": {"checkpoint": s0["checkpoint"], "hard": False, "plan": None},
         "phase1": {"checkpoint": p1["checkpoint"], "hard": True, "plan": None},
-        "searched": {"checkpoint": arch["weights"], "hard": True, "plan": plan},
+        "searched": {"checkpoint": arch["weights"], "hard": True, "plan": plan, "one_shot": True},
         "final": {"checkpoint": final["checkpoint"], "hard": True, "plan": plan},
     }
     compiled = _phase(root, "compile", resume, lambda out: _compile(cfg, out, models))

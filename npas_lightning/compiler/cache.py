@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -50,12 +51,22 @@ def default_latency_cache_path() -> Path:
 
 
 def model_hash(model: nn.Module) -> str:
-    """sha256 of the module tree (classes, layer hyper-parameters, parameter shapes), never values."""
-    h = hashlib.sha256(repr(model).encode())
+    """sha256 of the module tree (classes, layer hyper-parameters, parameter shapes), never values.
+
+    Sparse layers (:mod:`npas_lightning.sparse`) count by their dense shape and scheme: the size of
+    their compact weights depends on which weights survived, while their structure is the plan's,
+    which the latency key carries, so the same plan on other weights is a cache hit.
+    """
+    from npas_lightning.sparse import SparseConv2d, SparseLinear
+
+    sparse = {n for n, m in model.named_modules() if isinstance(m, (SparseConv2d, SparseLinear))}
+    h = hashlib.sha256(re.sub(r", density=[0-9.]+", "", repr(model)).encode())
     for name, p in model.named_parameters():
-        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        if name.rpartition(".")[0] not in sparse:
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
     for name, b in model.named_buffers():
-        h.update(f"{name}:{tuple(b.shape)}:{b.dtype}".encode())
+        if name.rpartition(".")[0] not in sparse:
+            h.update(f"{name}:{tuple(b.shape)}:{b.dtype}".encode())
     return h.hexdigest()
 
 

@@ -41,7 +41,7 @@ from .tuning import TileCache
 __all__ = ["Compiled", "compile_model", "compiler_version", "plan_hash"]
 
 _VERSIONED_SOURCES = ("fastmath.py", "fold.py", "conv_kernel.py", "dense_kernel.py", "generic_schedule.py", "rewrite.py", "pipeline.py",
-                      "frontend.py")
+                      "frontend.py", "sparse_pack.py", "sparse_import.py")
 
 
 def compiler_version() -> str:
@@ -57,13 +57,49 @@ def compiler_version() -> str:
 
 def plan_hash(plan: Any, model: nn.Module) -> str:
     """Structural hash of a plan (``"dense"`` for no plan); dict plans are resolved against ``model``."""
+    resolved = _resolve_plan(plan, model)
+    return "dense" if resolved is None else resolved.structural_hash()
+
+
+def _resolve_plan(plan: Any, model: nn.Module):
+    """``NPASScheme`` of ``plan`` on ``model`` (None for no plan). A model whose layers are already
+    sparse modules takes an ``NPASScheme`` as it is (its names no longer resolve as Conv2d/Linear)."""
     if plan is None:
-        return "dense"
+        return None
     from npas_lightning.plan import NPASScheme  # lazy: the plan module is optional for dense compiles
+    from npas_lightning.sparse import sparse_layers
 
     if not isinstance(plan, (NPASScheme, Mapping)):
         raise CompileError(f"plan must be an NPASScheme, its dict form or None, got {type(plan).__name__}")
-    return NPASScheme.resolve(plan, model).structural_hash()
+    if sparse_layers(model):
+        if isinstance(plan, NPASScheme):
+            return plan
+        raise CompileError("this model's layers are already sparse modules (npas_lightning.sparse.sparsify): pass "
+                           "the plan as a resolved NPASScheme, or compile the plain pruned model with plan=...")
+    return NPASScheme.resolve(plan, model)
+
+
+def _plan_notes(resolved, records, prepare_info: Mapping[str, Any]) -> None:
+    """Say, per kernel, how a pruned layer the plan names was lowered when it was not block-sparse."""
+    if resolved is None:
+        return
+    not_shrunk = dict(prepare_info.get("not_shrunk") or {})
+    failed = prepare_info.get("shrink_error")
+    for rec in records:
+        base = rec.module.split(".")
+        name = next((".".join(base[:i]) for i in range(len(base), 0, -1) if ".".join(base[:i]) in resolved), None)
+        lp = resolved[name] if name is not None else None
+        if rec.sparse is not None or lp is None or not lp.pruned:
+            continue
+        if lp.scheme == "unstructured":
+            how = "dense kernel: the zeros are computed (no structure to skip)"
+        elif lp.scheme == "filter" and (name in not_shrunk or failed):
+            how = f"dense kernel, pruned filters computed as zeros: not shrunk ({not_shrunk.get(name) or failed})"
+        elif lp.scheme == "filter":
+            how = "dense kernel on the physically shrunk layer"
+        else:
+            how = "dense kernel"
+        rec.sparse = {"scheme": lp.scheme, "lowering": how, "planned_rate": lp.rate}
 
 
 @dataclass
@@ -79,6 +115,8 @@ class Compiled:
     numerics: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
     model_name: str = ""
+    #: what :func:`~npas_lightning.shrink.frozen_for_compile` did for ``plan=`` (shrunk / sparse layers)
+    prepare_info: dict[str, Any] = field(default_factory=dict)
 
     # -- running -----------------------------------------------------------------------------
     def _export_fn(self, executable, path: str) -> None:
@@ -160,7 +198,8 @@ class Compiled:
             "versions": {"tvm": str(tvm.__version__), "torch": torch.__version__, "npas_lightning": npas_version,
                          "compiler": compiler_version()},
             "kernels": [{"kind": k.kind, "module": k.module, "symbol": k.symbol, "shape": k.shape, "tile": k.tile,
-                         "tuned": k.tuned} for k in self.kernels],
+                         "tuned": k.tuned, "sparse": k.sparse} for k in self.kernels],
+            "prepare": self.prepare_info,
             "compile_time_s": self.timings,
             "numerics": self.numerics,
             "library": "model.so",
@@ -192,7 +231,13 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
     Args:
         model: a ``torch.nn.Module`` (put in eval mode).
         example_input: float32 tensor of the exact input shape (batch included).
-        plan: ``NPASScheme`` or its dict form; enters the plan hash of the manifest and caches.
+        plan: ``NPASScheme`` or its dict form. Its layers are lowered by scheme: ``filter`` layers are cut
+            physically, ``block_punched`` / ``block_based`` / ``pattern`` layers become sparse modules
+            (:func:`npas_lightning.sparse.sparsify`, which reads the model's zeros and raises
+            :class:`~npas_lightning.sparse.StructureError` naming a layer whose zeros do not have the
+            plan's structure) lowered to block-sparse kernels, ``unstructured`` stays dense (reported
+            so). Also enters the plan hash of the manifest and caches. A model already prepared
+            (sparse modules inside, e.g. by ``frozen_for_compile``) is lowered as it is.
         target: preset name (``host``, ``arm64-android``, ``adreno-opencl``), a ``configs/compiler`` node
             or a TVM target dict.
         tune: measure a small tile grid per layer (best kept in the on-disk tile cache).
@@ -213,20 +258,28 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
         raise CompileError(f"threads must be a positive int or None, got {threads!r}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise CompileError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
-    phash = plan_hash(plan, model)
+    resolved = _resolve_plan(plan, model)
+    phash = "dense" if resolved is None else resolved.structural_hash()
     t0 = time.perf_counter()
     model = model.eval()
+    prepare_info: dict[str, Any] = {}
     if imported is None:
+        if resolved is not None:
+            from npas_lightning.shrink import frozen_for_compile
+
+            model, prepare_info = frozen_for_compile(model, resolved, example_input)
         imported = import_model(model, example_input)
     t_import = time.perf_counter() - t0
     cache = tile_cache if isinstance(tile_cache, TileCache) else TileCache(tile_cache)
     planner = TilePlanner(spec, tune=tune, cache=cache)
-    result = build_relax(imported.mod, spec, planner=planner, names=imported.names, schedule=schedule)
+    result = build_relax(imported.mod, spec, planner=planner, names=imported.names, schedule=schedule,
+                         sparse_layers=getattr(imported, "sparse", None))
+    _plan_notes(resolved, result.records, prepare_info)
     timings = {"import_s": t_import, **result.timings, "total_s": time.perf_counter() - t0}
     params = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
               if isinstance(v, torch.Tensor) and v.is_floating_point()}
     compiled = Compiled(result.executable, spec, tuple(example_input.shape), phash, result.records, timings,
-                        threads=threads, model_name=type(model).__name__, _params=params)
+                        threads=threads, model_name=type(model).__name__, prepare_info=prepare_info, _params=params)
     if check and spec.is_host:
         compiled.numerics = check_numerics(compiled, model, example_input, rtol=rtol, atol=atol)
     return compiled

@@ -11,7 +11,19 @@ cropped afterwards by ordinary (fused) Relax ops.
 Weights are packed per filter block ``W[Fn, R, ft]`` where ``R`` indexes the reduction
 ``(c, kh, kw)``. The dense kernel keeps every block; a block-sparse kernel (``kept=...``) reads the
 kept reduction entries of each filter block from constant index buffers, which is the same
-schedule with a gathered reduction (the sparse issue builds on this).
+schedule with a gathered reduction. With ``counts=...`` (real entries per block, see
+:mod:`npas_lightning.compiler.sparse_pack`) each filter block stops at its own count, so blocks
+padded to the largest count cost nothing extra. The depthwise kernel takes ``kept`` kernel positions
+per block of channels the same way.
+
+Example (block-sparse conv from a pruned weight):
+    >>> from npas_lightning.compiler.sparse_pack import pack_sparse_rows
+    >>> w = np.zeros((16, 8, 3, 3), "float32"); w[:8, :4, 1, 1] = 1.0
+    >>> g = ConvGeometry.make(1, 8, 14, 14, 16, (3, 3), 1, (1, 1, 1, 1), pixels=32)
+    >>> pk = pack_sparse_rows(w.reshape(16, -1), 8)
+    >>> func, (chan, shift) = conv_primfunc(g, ConvTile(8, 2, 16), kept=pk.kept, counts=pk.counts)
+    >>> [p.name for p in func.params], pk.counts.tolist()
+    (['X', 'W', 'Kc', 'Ks', 'Y'], [4, 0])
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ import numpy as np
 __all__ = [
     "ConvGeometry",
     "ConvTile",
+    "check_counts",
+    "const_table",
     "conv_primfunc",
     "depthwise_primfunc",
     "pack_conv_weight",
@@ -130,17 +144,32 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(weight.reshape(weight.shape[0], -1).astype("float32"))
 
 
-def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None):
+def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
+                  counts: np.ndarray | None = None):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
     block, padded with any valid index whose packed weight is zero) makes the reduction run over
-    the kept entries only; then ``W`` is ``[Fn, K, ft]``.
+    the kept entries only; then the PrimFunc is ``(X, W[Fn,K,ft], Kc[Fn,K], Ks[Fn,K], Y)`` and the
+    call returns ``(func, (chan, shift))``, the int32 buffers to pass as ``Kc`` and ``Ks``.
+
+    ``counts`` (optional with ``kept``, ``[Fn]``: how many leading entries of each row of ``kept`` are
+    real, the rest being padding; ``SparsePacking.counts``) bakes the per-tile counts into the kernel
+    as constants so each filter tile stops at its own count instead of the padded ``K``: same
+    arguments and buffers, less work when tiles keep different numbers of entries.
     """
     from tvm import te
 
     ft = tile.ft
     fn = _ceil_div(g.f, ft)
+    if counts is not None:
+        if kept is None:
+            raise ValueError("counts=... needs kept=...: counts are the real entries of each row of kept")
+        kept = _check_rows_kept(kept, fn, g.c * g.kh * g.kw, "C*KH*KW")
+        counts = check_counts(counts, kept.shape)
+        chan = (kept // (g.kh * g.kw)).astype("int32")
+        shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
+        return _conv_counts_primfunc(g, tile, kept.shape[1], counts), (chan, shift)
     x = te.placeholder((g.n, g.c, g.phases * g.plane), name="X")
     s, L, wq = g.stride, g.plane, g.wq
     if kept is None:
@@ -153,7 +182,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
             xi = ((rh % s) * s + rw % s) * L + (rh // s) * wq + rw // s + m
             return te.sum(w[f // ft, (rc * g.kh + rh) * g.kw + rw, f % ft] * x[n, rc, xi], axis=[rc, rh, rw])
     else:
-        kept = np.asarray(kept, dtype="int64")
+        kept = _check_rows_kept(kept, fn, g.c * g.kh * g.kw, "C*KH*KW")
         k = kept.shape[1]
         offs = g.offsets().astype("int64")
         chan = (kept // (g.kh * g.kw)).astype("int32")
@@ -174,6 +203,81 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     if kept is not None:
         return func, (chan, shift)
     return func
+
+
+def check_counts(counts, kept_shape: tuple[int, int]) -> np.ndarray:
+    """Validate per-tile real-entry counts ``[Fn]`` against a kept buffer of ``kept_shape`` ``[Fn, K]``."""
+    arr = np.asarray(counts)
+    fn, k = kept_shape
+    if arr.shape != (fn,) or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"counts of shape {list(arr.shape)} ({arr.dtype}): expected an integer array [Fn] = [{fn}]")
+    if fn and (arr.min() < 0 or arr.max() > k):
+        raise ValueError(f"counts in [{arr.min()}, {arr.max()}]: expected [0, K={k}] (entries per row of kept)")
+    return arr.astype("int64")
+
+
+def const_table(index, values: np.ndarray):
+    """``values[index]`` as a TIR expression of constants (a select chain), for small per-tile tables."""
+    from tvm import tirx
+
+    vals = [int(v) for v in values]
+    expr = tirx.IntImm("int32", vals[-1])
+    for i in range(len(vals) - 2, -1, -1):
+        if vals[i] != vals[-1] or i == 0:
+            expr = tirx.Select(index == i, tirx.IntImm("int32", vals[i]), expr)
+    return expr
+
+
+def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray):
+    """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
+    parallel over (image, filter tile, pixel tile); ``ft x mt`` vectors of accumulators in registers."""
+    from tvm.script import tirx as T
+
+    ft, mt, vw = tile.ft, tile.mt, tile.vw
+    fn = counts.shape[0]
+    n_, c_, pl, mp = g.n, g.c, g.phases * g.plane, g.mp
+    px = mt * vw
+    mo_n = mp // px
+    tiles = fn * mo_n
+    if mp % px:
+        raise ValueError(f"geometry mp={mp} is not a multiple of the tile's {px} pixels: build g with pixels=tile.pixels")
+
+    @T.prim_func
+    def main(X: T.Buffer((n_, c_, pl), "float32"), W: T.Buffer((fn, k, ft), "float32"),
+             Kc: T.Buffer((fn, k), "int32"), Ks: T.Buffer((fn, k), "int32"),
+             Y: T.Buffer((n_, fn * ft, mp), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for t in T.parallel(n_ * tiles):
+            acc = T.alloc_buffer((ft, px), "float32", scope="local")
+            n = t // tiles
+            fb = t % tiles // mo_n
+            m0 = t % mo_n * px
+            for fi in T.unroll(ft):
+                for mi in T.unroll(mt):
+                    for v in T.vectorized(vw):
+                        acc[fi, mi * vw + v] = T.float32(0)
+            for rk in T.serial(const_table(fb, counts)):
+                for fi in T.unroll(ft):
+                    for mi in T.unroll(mt):
+                        for v in T.vectorized(vw):
+                            acc[fi, mi * vw + v] = acc[fi, mi * vw + v] + W[fb, rk, fi] * X[
+                                n, Kc[fb, rk], Ks[fb, rk] + m0 + mi * vw + v]
+            for fi in T.unroll(ft):
+                for mi in T.unroll(mt):
+                    for v in T.vectorized(vw):
+                        Y[n, fb * ft + fi, m0 + mi * vw + v] = acc[fi, mi * vw + v]
+    return main
+
+
+def _check_rows_kept(kept, fn: int, r: int, what: str) -> np.ndarray:
+    """Validate a ``[Fn, K]`` kept-index buffer (one row per filter tile, indices in ``[0, r)``)."""
+    arr = np.asarray(kept)
+    if arr.ndim != 2 or arr.shape[0] != fn or arr.shape[1] < 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"kept of shape {list(arr.shape)} ({arr.dtype}): expected an integer array "
+                         f"[Fn, K] = [{fn}, K>=1] (one row per filter tile)")
+    if arr.min() < 0 or arr.max() >= r:
+        raise ValueError(f"kept holds reduction indices in [{arr.min()}, {arr.max()}]: expected [0, {what}={r})")
+    return arr.astype("int64")
 
 
 def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool):
@@ -204,36 +308,75 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool):
     return sch.mod["main"]
 
 
-def depthwise_primfunc(g: ConvGeometry, tile: ConvTile):
-    """Scheduled depthwise PrimFunc ``(X[N,C,P*L], W[C,KH*KW], Y[N,C,Mp])``."""
+def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None, block: int = 1):
+    """Scheduled depthwise PrimFunc ``(X[N,C,P*L], W[C,KH*KW], Y[N,C,Mp])``.
+
+    ``kept`` (optional, ``[ceil(C/block), K]`` int32 kernel positions ``kh*KW + kw`` per block of
+    ``block`` channels, padded with a position whose packed weight is 0; see
+    :func:`npas_lightning.compiler.sparse_pack.pack_sparse_depthwise`) makes the kernel read only the
+    kept positions: the PrimFunc is then ``(X, W[C,K], Ks[Cb,K] int32 shifts, Y)`` and the call
+    returns ``(func, shifts)`` with the shift buffer to pass as ``Ks``.
+    """
     from tvm import te
-    from tvm.s_tir import Schedule
 
     x = te.placeholder((g.n, g.c, g.phases * g.plane), name="X")
-    w = te.placeholder((g.c, g.kh * g.kw), name="W")
-    rh = te.reduce_axis((0, g.kh), "rh")
-    rw = te.reduce_axis((0, g.kw), "rw")
     s, L, wq = g.stride, g.plane, g.wq
+    if kept is None:
+        w = te.placeholder((g.c, g.kh * g.kw), name="W")
+        rh = te.reduce_axis((0, g.kh), "rh")
+        rw = te.reduce_axis((0, g.kw), "rw")
 
-    def body(n, c, m):
-        xi = ((rh % s) * s + rw % s) * L + (rh // s) * wq + rw // s + m
-        return te.sum(w[c, rh * g.kw + rw] * x[n, c, xi], axis=[rh, rw])
+        def body(n, c, m):
+            xi = ((rh % s) * s + rw % s) * L + (rh // s) * wq + rw // s + m
+            return te.sum(w[c, rh * g.kw + rw] * x[n, c, xi], axis=[rh, rw])
+        args = [x, w]
+    else:
+        kept, block = _check_depthwise_kept(g, kept, block)
+        k = kept.shape[1]
+        shift = g.offsets()[kept].astype("int32")
+        w = te.placeholder((g.c, k), name="W")
+        sb = te.placeholder((kept.shape[0], k), name="Ks", dtype="int32")
+        rk = te.reduce_axis((0, k), "rk")
 
+        def body(n, c, m):
+            return te.sum(w[c, rk] * x[n, c, sb[c // block, rk] + m], axis=[rk])
+        args = [x, w, sb]
     y = te.compute((g.n, g.c, g.mp), body, name="dwconv")
-    sch = Schedule(te.create_prim_func([x, w, y]))
+    func = _schedule_depthwise(te.create_prim_func([*args, y]), tile)
+    return func if kept is None else (func, shift)
+
+
+def _check_depthwise_kept(g: ConvGeometry, kept, block) -> tuple[np.ndarray, int]:
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block={block!r}: expected an integer >= 1 (channels per kept-position block)")
+    kept = np.asarray(kept)
+    cb = _ceil_div(g.c, int(block))
+    if kept.ndim != 2 or kept.shape[0] != cb or kept.shape[1] < 1 or not np.issubdtype(kept.dtype, np.integer):
+        raise ValueError(f"kept of shape {list(kept.shape)} ({kept.dtype}): expected an integer array "
+                         f"[ceil(C/block), K] = [{cb}, K>=1] "
+                         f"for C={g.c}, block={block}")
+    if kept.min() < 0 or kept.max() >= g.kh * g.kw:
+        raise ValueError(f"kept holds kernel positions in [{kept.min()}, {kept.max()}]: expected [0, {g.kh * g.kw})")
+    return kept.astype("int64"), int(block)
+
+
+def _schedule_depthwise(func, tile: ConvTile):
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(func)
     b = sch.get_sblock("dwconv")
-    n, c, m, rh_, rw_ = sch.get_loops(b)
+    n, c, m, *red = sch.get_loops(b)
     mo, mi, mv = sch.split(m, [None, tile.mt, tile.vw])
-    sch.reorder(n, c, mo, rh_, rw_, mi, mv)
+    sch.reorder(n, c, mo, *red, mi, mv)
     outer = sch.fuse(n, c, mo)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
     sch.reverse_compute_at(cw, outer)
-    sch.unroll(rh_)
-    sch.unroll(rw_)
+    for r in red:
+        sch.unroll(r)
     sch.unroll(mi)
     sch.vectorize(mv)
-    sch.decompose_reduction(b, rh_)
+    sch.decompose_reduction(b, red[0])
     wl = sch.get_loops(cw)
     inner = sch.split(wl[-1], [None, tile.vw])
     sch.vectorize(inner[-1])

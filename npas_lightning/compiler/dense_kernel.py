@@ -37,14 +37,27 @@ def pack_dense_weight(weight: np.ndarray, ft: int) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(fn, ft, c).transpose(0, 2, 1))
 
 
-def dense_primfunc(n: int, c: int, f: int, tile: DenseTile, kept: np.ndarray | None = None):
-    """Scheduled PrimFunc ``(X[N,C], W[Fn,C|K,ft], [Kc[Fn,K]], Y[N,Fp])`` with ``Fp = Fn*ft``."""
+def dense_primfunc(n: int, c: int, f: int, tile: DenseTile, kept: np.ndarray | None = None,
+                   counts: np.ndarray | None = None):
+    """Scheduled PrimFunc ``(X[N,C], W[Fn,C|K,ft], [Kc[Fn,K]], Y[N,Fp])`` with ``Fp = Fn*ft``.
+
+    ``counts`` (optional with ``kept``, ``[Fn]`` real entries per row of ``kept``,
+    ``SparsePacking.counts``): each filter tile stops at its own count (baked in as constants)
+    instead of the padded ``K``; same arguments.
+    """
     from tvm import te
 
     ft = tile.ft
     fn = -(-f // ft)
     if n % tile.nt:
         raise ValueError(f"tile.nt={tile.nt} must divide the batch size n={n}")
+    if counts is not None:
+        from .conv_kernel import _check_rows_kept, check_counts
+
+        if kept is None:
+            raise ValueError("counts=... needs kept=...: counts are the real entries of each row of kept")
+        k = int(_check_rows_kept(kept, fn, c, "C").shape[1])
+        return _dense_counts_primfunc(n, c, tile, k, check_counts(counts, (fn, k)))
     x = te.placeholder((n, c), name="X")
     if kept is None:
         w = te.placeholder((fn, c, ft), name="W")
@@ -54,7 +67,9 @@ def dense_primfunc(n: int, c: int, f: int, tile: DenseTile, kept: np.ndarray | N
             return te.sum(x[i, rc] * w[j // ft, rc, j % ft], axis=[rc])
         args = [x, w]
     else:
-        k = int(np.asarray(kept).shape[1])
+        from .conv_kernel import _check_rows_kept
+
+        k = int(_check_rows_kept(kept, fn, c, "C").shape[1])
         w = te.placeholder((fn, k, ft), name="W")
         kc = te.placeholder((fn, k), name="Kc", dtype="int32")
         rc = te.reduce_axis((0, k), "rk")
@@ -89,3 +104,35 @@ def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
     wl = sch.get_loops(cw)
     sch.vectorize(wl[-1])
     return sch.mod["main"]
+
+
+def _dense_counts_primfunc(n: int, c: int, tile: DenseTile, k: int, counts: np.ndarray):
+    """The block-sparse matmul with per-tile reduction lengths (TIR): parallel over (filter tile,
+    batch tile), ``nt`` rows x ``ft`` filters of accumulators, the filter axis vectorised."""
+    from tvm.script import tirx as T
+
+    from .conv_kernel import const_table
+
+    ft, nt = tile.ft, tile.nt
+    fn = counts.shape[0]
+    nb = n // nt
+
+    @T.prim_func
+    def main(X: T.Buffer((n, c), "float32"), W: T.Buffer((fn, k, ft), "float32"), Kc: T.Buffer((fn, k), "int32"),
+             Y: T.Buffer((n, fn * ft), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for t in T.parallel(fn * nb):
+            acc = T.alloc_buffer((nt, ft), "float32", scope="local")
+            fb = t // nb
+            i0 = t % nb * nt
+            for ii in T.unroll(nt):
+                for j in T.vectorized(ft):
+                    acc[ii, j] = T.float32(0)
+            for rk in T.serial(const_table(fb, counts)):
+                for ii in T.unroll(nt):
+                    for j in T.vectorized(ft):
+                        acc[ii, j] = acc[ii, j] + X[i0 + ii, Kc[fb, rk]] * W[fb, rk, j]
+            for ii in T.unroll(nt):
+                for j in T.vectorized(ft):
+                    Y[i0 + ii, fb * ft + j] = acc[ii, j]
+    return main

@@ -42,6 +42,8 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     s = record.shape
     dev = tvm.cpu()
+    if record.func is not None:  # a block-sparse kernel: its PrimFunc, packed weights and index buffers
+        return _check_sparse_kernel(record, target, rng)
     if record.kind == "dense":
         n, c, f = s["n"], s["c"], s["f"]
         tile = DenseTile(**record.tile)
@@ -68,6 +70,35 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     y = tvm.runtime.empty((g.n, fp, g.mp), "float32", dev)
     lib(tvm.runtime.tensor(planes_from_nchw(x, g), dev), tvm.runtime.tensor(w, dev), y)
     return compare(nchw_from_planes(y.numpy(), g), ref)
+
+
+def _check_sparse_kernel(record, target, rng) -> dict[str, float]:
+    import tvm
+
+    dev = tvm.cpu()
+    s = record.shape
+    lib = tvm.tirx.build(record.func, target=target)
+    buffers = [tvm.runtime.tensor(np.ascontiguousarray(b), dev) for b in (record.packed, *record.buffers)]
+    if record.kind == "dense":
+        n, c, f = s["n"], s["c"], s["f"]
+        x = rng.standard_normal((n, c)).astype("float32")
+        y = tvm.runtime.empty((n, record.packed.shape[0] * record.tile["ft"]), "float32", dev)
+        lib(tvm.runtime.tensor(x, dev), *buffers, y)
+        return compare(y.numpy()[:, :f], x @ record.weight.T)
+    tile = ConvTile(**record.tile)
+    pad = tuple(s["p"])
+    g = ConvGeometry.make(s["n"], s["c"], s["h"], s["w"], s["f"], (s["kh"], s["kw"]), s["s"], pad, pixels=tile.pixels)
+    x = rng.standard_normal((g.n, g.c, g.h, g.w)).astype("float32")
+    xt = torch.nn.functional.pad(torch.from_numpy(x), (pad[1], pad[3], pad[0], pad[2]))
+    groups = g.c if record.kind == "depthwise" else 1
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(record.weight), stride=g.stride, groups=groups).numpy()
+    fp = g.c if record.kind == "depthwise" else record.packed.shape[0] * tile.ft
+    y = tvm.runtime.empty((g.n, fp, g.mp), "float32", dev)
+    lib(tvm.runtime.tensor(planes_from_nchw(x, g), dev), *buffers, y)
+    out = y.numpy()
+    if record.order is not None:  # filter slots back to the model's order
+        out = out[:, np.argsort(record.order)]
+    return compare(nchw_from_planes(out, g), ref)
 
 
 def _ok(stats: dict[str, float], rtol: float, atol: float) -> bool:

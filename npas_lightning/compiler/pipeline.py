@@ -23,11 +23,12 @@ class BuildResult:
 
 
 def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: dict | None = None,
-                schedule: bool = True) -> BuildResult:
+                schedule: bool = True, sparse_layers: dict[str, str] | None = None) -> BuildResult:
     """Optimise and build ``mod`` for ``spec``.
 
     ``schedule=False`` gives the untuned reference: TVM's own lowering with no project kernels and
-    no schedules (what the default pipeline produces).
+    no schedules (what the default pipeline produces). ``sparse_layers`` (module name -> scheme)
+    selects the layers lowered to block-sparse kernels.
     """
     import tvm
     from tvm import relax
@@ -40,7 +41,7 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
     records: list[KernelRecord] = []
     cpu_kernels = schedule and spec.device == "cpu" and planner is not None
     if cpu_kernels:
-        mod, records = rewrite_kernels(mod, planner, names)
+        mod, records = rewrite_kernels(mod, planner, names, sparse_layers)
         mod = fast_math(mod)
     timings["rewrite_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()

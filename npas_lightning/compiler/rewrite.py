@@ -24,6 +24,7 @@ from .conv_kernel import (
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
 from .relax_utils import rewrite_relax_functions
+from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
@@ -44,6 +45,14 @@ class KernelRecord:
     weight: np.ndarray = field(repr=False)  # the layer's (BN-folded) weight in PyTorch layout
     flops: int = 0
     packed: np.ndarray | None = field(default=None, repr=False)  # exactly what the kernel reads
+    #: sparse layers: scheme, density (work done / dense work), kept fraction, padded count, reorder
+    sparse: dict[str, Any] | None = None
+    #: sparse layers: the index buffers the kernel reads after ``packed`` (channel/shift, or channel)
+    buffers: list[np.ndarray] = field(default_factory=list, repr=False)
+    #: filter slot -> original filter (``None`` = identity), for kernels that reorder filters
+    order: np.ndarray | None = field(default=None, repr=False)
+    #: sparse layers: the scheduled PrimFunc (rebuilt alone by the per-layer numerics check)
+    func: Any = field(default=None, repr=False)
 
 
 class TilePlanner:
@@ -96,6 +105,19 @@ class TilePlanner:
 
         return self._choose(kind, shape, cands, default, run, ConvTile)
 
+    # -- sparse (block-sparse conv / depthwise / dense) ------------------------------------
+    def sparse_tile(self, kind: str, shape: dict, structure: str, candidates: Sequence, default,
+                    run: Callable[[Any], float]):
+        """Tile of a sparse kernel: cached by layer shape + structure hash + target, else measured
+        (``tune=True``) or ``default``. Returns ``(tile, tuned)``."""
+        return self._choose(f"{kind}-sparse", {**shape, "structure": structure}, candidates, default, run,
+                            type(default))
+
+    def conv_pixel_tiles(self, m: int) -> list[int]:
+        """Pixel register tiles (multiples of the vector width) worth trying for ``m`` flat outputs."""
+        v = self.lanes
+        return [mt for mt in (1, 2, 4) if mt == 1 or mt * v <= m]
+
     # -- dense ----------------------------------------------------------------------------
     def dense_tile(self, n: int, c: int, f: int) -> tuple[DenseTile, bool]:
         v = self.lanes
@@ -130,13 +152,46 @@ def _shape(expr) -> list[int] | None:
         return None
 
 
-def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]] | None = None):
-    """Rewrite ``mod['main']``; returns ``(new_mod, records)``."""
+#: schemes lowered to block-sparse kernels (the others run dense: filter is cut physically beforehand,
+#: unstructured computes its zeros)
+SPARSE_KERNEL_SCHEMES = ("block_punched", "block_based", "pattern")
+
+
+def structure_digest(mask: np.ndarray, scheme: str) -> str:
+    """Hash of a layer's kept structure (which weights are nonzero) and scheme: the sparse tile cache key."""
+    import hashlib
+
+    bits = np.packbits(np.asarray(mask, dtype=bool).reshape(-1))
+    return hashlib.sha1(bits.tobytes() + str(mask.shape).encode() + scheme.encode()).hexdigest()[:16]
+
+
+def _tight(packs: dict[int, SparsePacking], slack: float = 1.05) -> list[int]:
+    """Filter tiles whose packing does at most ``slack`` x the least work (the tiles the structure fits)."""
+    best = min(p.density for p in packs.values())
+    return [ft for ft, p in packs.items() if p.density <= best * slack + 1e-12]
+
+
+def _sparse_info(scheme: str, pk: SparsePacking | None, k: int, *, density: float, kept: float,
+                 reorder: bool = False) -> dict[str, Any]:
+    return {"scheme": scheme, "lowering": "block-sparse kernel", "density": round(float(density), 4),
+            "kept_fraction": round(float(kept), 4), "k": int(k), "reorder": bool(reorder),
+            "speedup_bound": round(1.0 / max(float(density), 1e-9), 2)}
+
+
+def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]] | None = None,
+                    sparse_layers: dict[str, str] | None = None):
+    """Rewrite ``mod['main']``; returns ``(new_mod, records)``.
+
+    ``sparse_layers`` maps module names to their pruning scheme: layers with a scheme in
+    :data:`SPARSE_KERNEL_SCHEMES` are lowered to block-sparse kernels whose index buffers come from
+    the (BN-folded) constant weight's zeros.
+    """
     from tvm import relax
     from tvm.ir.expr import Constant as _Constant
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     names = layer_names or {}
+    sparse = {k: v for k, v in (sparse_layers or {}).items() if v in SPARSE_KERNEL_SCHEMES}
     op_conv = _op("relax.nn.conv2d")
     op_matmul = _op("relax.matmul")
     records: list[KernelRecord] = []
@@ -182,7 +237,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 xs = _shape(call.args[0])
                 if isinstance(w, _Constant) and xs is not None and len(xs) == 2 and len(_shape(w) or []) == 2:
                     module = module_for("linear")
-                    return self._dense(call.args[0], w.value.numpy().T, module)
+                    return self._dense(call.args[0], w.value.numpy().T, module, sparse.get(module))
             return call
 
         # -- conv ---------------------------------------------------------------------------
@@ -202,8 +257,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             if len(pad) == 2:
                 pad = (pad[0], pad[1], pad[0], pad[1])
             weight = w.value.numpy()
+            scheme = sparse.get(module)
             if groups == 1 and kh == kw == 1 and stride == 1 and pad == (0, 0, 0, 0) and h * wd == 1:
-                y = self._dense(self.builder_.emit(relax.op.reshape(x, (n, c))), weight.reshape(f, c), module)
+                y = self._dense(self.builder_.emit(relax.op.reshape(x, (n, c))), weight.reshape(f, c), module, scheme)
                 return relax.op.reshape(y, (n, f, 1, 1))
             if groups == 1:
                 kind = "conv"
@@ -216,6 +272,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             def geom(t: ConvTile) -> ConvGeometry:
                 return ConvGeometry.make(n, c, h, wd, f, (kh, kw), stride, pad, pixels=t.pixels)
 
+            if scheme is not None:
+                if kind == "depthwise":
+                    return self._sparse_depthwise(x, weight, shape, geom, module, scheme)
+                return self._sparse_conv(x, weight, shape, geom, module, scheme)
             tile, tuned = planner.conv_tile(kind, shape, geom)
             g = geom(tile)
             idx = len(records)
@@ -248,7 +308,11 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             return self.builder_.emit(relax.call_pure_packed(
                 "vm.builtin.reshape", x, relax.ShapeExpr(list(flat)), ty_args=relax.TensorType(flat, "float32")))
 
-        def _crop(self, y, g: ConvGeometry, fp: int):
+        def _crop(self, y, g: ConvGeometry, fp: int, order: np.ndarray | None = None):
+            if order is not None:  # filter slots back to the model's filter order (fused into the crop)
+                inverse = np.argsort(order).astype("int32")
+                y = self.builder_.emit(relax.op.take(y, relax.const(inverse), axis=1))
+                fp = g.f
             if fp != g.f or g.mp != g.m:
                 y = self.builder_.emit(relax.op.strided_slice(y, [1, 2], [0, 0], [g.f, g.m]))
             y = self.builder_.emit(relax.op.reshape(y, (g.n, g.f, g.oh, g.wq)))
@@ -256,8 +320,102 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 return relax.op.strided_slice(y, [3], [0], [g.ow])
             return y
 
+        # -- sparse conv / depthwise ------------------------------------------------------------
+        def _sparse_conv(self, x, weight, shape, geom, module, scheme):
+            """Block-sparse conv: per filter tile, only the kept reduction entries (compact weights +
+            channel/shift index buffers); pattern layers reorder filters so similar kernels share tiles."""
+            f = weight.shape[0]
+            w2d = weight.reshape(f, -1)
+            reorder = scheme == "pattern"
+            fts = [ft for ft in ((1, 2, 4, 8) if reorder else (4, 8, 16)) if ft == 1 or ft <= max(4, f)]
+            packs = {ft: pack_sparse_rows(w2d, ft, reorder=reorder) for ft in fts}
+            if not reorder:
+                fts = _tight(packs)
+            v = planner.lanes
+            m = geom(ConvTile(8, 1, v)).m
+            cands = [ConvTile(ft, mt, v) for ft in fts for mt in planner.conv_pixel_tiles(m)]
+            default_ft = 4 if reorder else max([ft for ft in fts if ft <= 8] or [min(fts)])
+            default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
+
+            def build(tile: ConvTile):
+                g = geom(tile)
+                func, (chan, shift) = conv_primfunc(g, tile, packs[tile.ft].kept)
+                return g, packs[tile.ft], func, chan, shift
+
+            def run(tile: ConvTile) -> float:
+                g, pk, func, chan, shift = build(tile)
+                shapes = [((g.n, g.c, g.phases * g.plane), "float32"), (pk.packed.shape, "float32"),
+                          (chan.shape, "int32"), (shift.shape, "int32"),
+                          ((g.n, pk.packed.shape[0] * tile.ft, g.mp), "float32")]
+                return measure_kernel(func, planner.spec.tvm_target, shapes,
+                                      fixed_args={1: pk.packed, 2: chan, 3: shift})
+
+            tile, tuned = planner.sparse_tile("conv", shape, structure_digest(w2d != 0, scheme), cands, default, run)
+            g, pk, func, chan, shift = build(tile)
+            idx = len(records)
+            symbol = f"npas_sparse_conv_{idx}"
+            gv = self._add_kernel(func, symbol)
+            fp = pk.packed.shape[0] * tile.ft
+            xf = self._to_planes(x, g)
+            y = self.builder_.emit(relax.call_tir(
+                gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift)],
+                relax.TensorType((g.n, fp, g.mp), "float32")))
+            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.density, kept=pk.kept_fraction,
+                                reorder=reorder)
+            records.append(KernelRecord(idx, "conv", module, symbol, shape, tile.to_dict(), tuned, weight,
+                                        int(round(g.flops * pk.density)), pk.packed, info, [chan, shift],
+                                        pk.order, func))
+            return self._crop(y, g, fp, pk.order)
+
+        def _sparse_depthwise(self, x, weight, shape, geom, module, scheme):
+            """Depthwise conv that reads only the kept kernel positions of each channel block."""
+            c = weight.shape[0]
+            w2 = pack_depthwise_weight(weight)
+            # the widest channel block whose union of kept positions adds (almost) no work
+            dens = {}
+            for b in (1, 2, 4, 8, 16, 32):
+                if b <= c:
+                    packed, kept = pack_sparse_depthwise(w2, b)
+                    dens[b] = (kept.shape[1] / w2.shape[1], packed, kept)
+            best = min(d[0] for d in dens.values())
+            block = max(b for b, d in dens.items() if d[0] <= best * 1.05 + 1e-12)
+            density, packed, kept = dens[block]
+            v = planner.lanes
+            m = geom(ConvTile(1, 1, v)).m
+            cands = [ConvTile(1, mt, v) for mt in planner.conv_pixel_tiles(m)]
+            default = ConvTile(1, 2 if m >= 8 * v else 1, v)
+
+            def build(tile: ConvTile):
+                g = geom(tile)
+                func, shift = depthwise_primfunc(g, tile, kept, block)
+                return g, func, shift
+
+            def run(tile: ConvTile) -> float:
+                g, func, shift = build(tile)
+                shapes = [((g.n, g.c, g.phases * g.plane), "float32"), (packed.shape, "float32"),
+                          (shift.shape, "int32"), ((g.n, g.c, g.mp), "float32")]
+                return measure_kernel(func, planner.spec.tvm_target, shapes, fixed_args={1: packed, 2: shift})
+
+            tile, tuned = planner.sparse_tile("depthwise", shape, structure_digest(w2 != 0, scheme), cands,
+                                              default, run)
+            g, func, shift = build(tile)
+            idx = len(records)
+            symbol = f"npas_sparse_depthwise_{idx}"
+            gv = self._add_kernel(func, symbol)
+            xf = self._to_planes(x, g)
+            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), relax.const(shift)],
+                                                  relax.TensorType((g.n, c, g.mp), "float32")))
+            info = _sparse_info(scheme, None, kept.shape[1], density=density,
+                                kept=float((w2 != 0).mean()))
+            info["block"] = block
+            records.append(KernelRecord(idx, "depthwise", module, symbol, shape, tile.to_dict(), tuned, weight,
+                                        int(round(g.flops * density)), packed, info, [shift], None, func))
+            return self._crop(y, g, c)
+
         # -- dense --------------------------------------------------------------------------
-        def _dense(self, x, weight_fc: np.ndarray, module):
+        def _dense(self, x, weight_fc: np.ndarray, module, scheme: str | None = None):
+            if scheme is not None:
+                return self._sparse_dense(x, weight_fc, module, scheme)
             n, c = _shape(x)
             f = int(weight_fc.shape[0])
             tile, tuned = planner.dense_tile(n, c, f)
@@ -269,6 +427,45 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             y = self.builder_.emit(relax.call_tir(gv, [x, relax.const(packed)], relax.TensorType((n, fp), "float32")))
             records.append(KernelRecord(idx, "dense", module, symbol, {"n": n, "c": c, "f": f}, tile.to_dict(),
                                         tuned, np.ascontiguousarray(weight_fc), 2 * n * c * f, packed))
+            if fp != f:
+                return relax.op.strided_slice(y, [1], [0], [f])
+            return y
+
+        def _sparse_dense(self, x, weight_fc: np.ndarray, module, scheme: str):
+            """Block-sparse matmul: per tile of ``ft`` outputs, only the kept input columns."""
+            n, c = _shape(x)
+            w = np.ascontiguousarray(weight_fc, dtype="float32")
+            f = int(w.shape[0])
+            v = planner.lanes
+            packs = {ft: pack_sparse_rows(w, ft) for ft in (v // 2, v, 2 * v, 4 * v) if ft >= 1}
+            fts = _tight(packs)
+            nts = [nt for nt in (1, 2, 4, 8) if n % nt == 0]
+            cands = [DenseTile(ft, nt, 4 if packs[ft].kept.shape[1] % 4 == 0 else 1) for ft in fts for nt in nts]
+            dft = v if v in fts else max(fts)
+            dnt = max(nt for nt in nts if nt <= 4) if n > 1 else 1
+            default = DenseTile(dft, dnt, 4 if packs[dft].kept.shape[1] % 4 == 0 else 1)
+
+            def run(tile: DenseTile) -> float:
+                pk = packs[tile.ft]
+                func = dense_primfunc(n, c, f, tile, pk.kept)
+                shapes = [((n, c), "float32"), (pk.packed.shape, "float32"), (pk.kept.shape, "int32"),
+                          ((n, pk.packed.shape[0] * tile.ft), "float32")]
+                return measure_kernel(func, planner.spec.tvm_target, shapes, fixed_args={1: pk.packed, 2: pk.kept})
+
+            shape = {"n": n, "c": c, "f": f}
+            tile, tuned = planner.sparse_tile("dense", shape, structure_digest(w != 0, scheme), cands, default, run)
+            pk = packs[tile.ft]
+            func = dense_primfunc(n, c, f, tile, pk.kept)
+            idx = len(records)
+            symbol = f"npas_sparse_dense_{idx}"
+            gv = self._add_kernel(func, symbol)
+            fp = pk.packed.shape[0] * tile.ft
+            y = self.builder_.emit(relax.call_tir(gv, [x, relax.const(pk.packed), relax.const(pk.kept)],
+                                                  relax.TensorType((n, fp), "float32")))
+            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.density, kept=pk.kept_fraction)
+            records.append(KernelRecord(idx, "dense", module, symbol, shape, tile.to_dict(), tuned, w,
+                                        int(round(2 * n * c * f * pk.density)), pk.packed, info, [pk.kept], None,
+                                        func))
             if fp != f:
                 return relax.op.strided_slice(y, [1], [0], [f])
             return y

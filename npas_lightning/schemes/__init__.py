@@ -9,7 +9,8 @@ scheme                    layer kinds                         params
 ``unstructured``          conv, depthwise, pointwise, fc      --
 ``filter``                conv, depthwise, pointwise, fc      --
 ``pattern``               conv, depthwise (3x3 only)          ``k=8`` (library size)
-``block_punched``         conv, depthwise, pointwise          ``block=(8, 4)`` (filters, channels)
+``block_punched``         conv, depthwise, pointwise          ``block=(8, 4)`` (filters, channels),
+                                                              ``balanced=False``
 ``block_based``           fc, pointwise                       ``block=(16, 4)``, ``prune="columns"``,
                                                               ``balanced=False``
 ========================  ==================================  ===========================================

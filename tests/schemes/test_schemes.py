@@ -131,6 +131,44 @@ def test_scheme(scheme, shape_name, rate):
     assert torch.equal(fn(w.clone(), rate, layer_name="L", kind=kind), mask)
 
 
+BALANCED_CASES = [(n, r) for n in sorted(FITS["block_punched"]) for r in RATES]
+
+
+@pytest.mark.parametrize(("shape_name", "rate"), BALANCED_CASES, ids=[f"{n}-{r}" for n, r in BALANCED_CASES])
+def test_block_punched_balanced(shape_name, rate):
+    """balanced=True: block structure as usual, and every band of bf filters keeps the same group count."""
+    shape, kind = SHAPES[shape_name]
+    w = _weight(shape)
+    fn = get_scheme("block_punched")
+    mask = fn(w, rate, layer_name="L", kind=kind, balanced=True)
+    assert mask.dtype == torch.bool and mask.shape == w.shape
+    _check_structure("block_punched", w, mask, rate, kind)  # whole (block, position) groups
+    bf, bc = DEFAULT_BLOCK["block_punched"]
+    bc = 1 if kind == "depthwise" else bc
+    groups = mask[::bf, ::bc]  # one entry per (band, channel block, position), structure checked above
+    per_band = groups[0].numel()
+    expected = min(per_band, max(1, math.floor(per_band / rate + 0.5)))
+    assert groups.reshape(groups.shape[0], -1).sum(1).tolist() == [expected] * groups.shape[0]
+    if shape[0] % bf == 0 and shape[1] % bc == 0:  # no edge blocks: rate off by at most half a group per band
+        assert abs(int(mask.sum()) - _target(w.numel(), rate)) <= groups.shape[0] * bf * bc / 2
+    assert torch.equal(fn(w.clone(), rate, layer_name="L", kind=kind, balanced=True), mask)
+
+
+def test_block_punched_balanced_chooses_inside_each_band():
+    w = _weight((16, 8, 3, 3), seed=11)
+    w[:8] *= 100.0  # band 0 holds almost all the energy
+    plain = get_scheme("block_punched")(w, 4, block=(8, 4))
+    bal = get_scheme("block_punched")(w, 4, block=(8, 4), balanced=True)
+    assert int(plain[8:].sum()) == 0  # global ranking starves band 1
+    assert int(bal[:8].sum()) == int(bal[8:].sum()) == 8 * 4 * 5  # round(18 / 4) half up
+    # inside band 1 the kept groups are the highest-energy ones
+    energy = w[8:].square().reshape(8, 2, 4, 9).sum(dim=(0, 2)).flatten()
+    kept = bal[8, ::4].flatten()
+    assert energy[kept].min() >= energy[~kept].max()
+    with pytest.raises(SchemeError, match=r"scheme 'block_punched' on layer 'L': balanced='yes': expected True or False"):
+        get_scheme("block_punched")(w, 4, layer_name="L", balanced="yes")
+
+
 def test_fit_table_matches_registry():
     for name, (shape, kind) in SHAPES.items():
         assert set(schemes_for_weight(shape, kind)) == {s for s, fit in FITS.items() if name in fit}, name

@@ -1,0 +1,125 @@
+"""Whole models, batch 1: uniform fine-grained structured pruning compiled with the plan vs our dense
+model vs ONNX Runtime's dense model, all timed interleaved in one process.
+
+Every conv but the first is pruned at the same rate: kxk convs (depthwise included) ``block_punched``,
+1x1 convs and the classifier ``block_based`` (issue 6's whole-model benchmark). Goals: at 5x >= 3x
+faster than our dense model and >= 2.4x faster than ONNX Runtime's dense model.
+
+    .venv/bin/python benchmarks/bench_sparse_models.py                       # both models, 224x224
+    .venv/bin/python benchmarks/bench_sparse_models.py --models efficientnet_b0 --size 64 --rates 5
+    .venv/bin/python benchmarks/bench_sparse_models.py --balanced            # balanced block rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from npas_lightning.algorithms.masking import apply_masks, compute_masks
+from npas_lightning.compiler import compile_model
+from npas_lightning.compiler.engines import measure_interleaved, onnxruntime_engine, tvm_engine
+from npas_lightning.compiler.measure import LocalSession
+from npas_lightning.plan import NPASScheme
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+MODELS = ["efficientnet_b0", "mobilenetv3_large_100"]
+
+
+def uniform_plan(model: torch.nn.Module, rate: float, *, balanced: bool) -> NPASScheme:
+    """block_punched on every kxk conv, block_based on 1x1 convs and the classifier; the first conv dense."""
+    first = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    kxk = {"scheme": "block_punched", "rate": rate, "block": [8, 4], "params": {"balanced": balanced}}
+    matrix = {"scheme": "block_based", "rate": rate, "block": [16, 4], "params": {"balanced": balanced}}
+    plan = {}
+    for name, m in model.named_modules():
+        if name == first or not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            continue
+        one_by_one = isinstance(m, torch.nn.Linear) or (m.kernel_size == (1, 1) and m.groups == 1)
+        plan[name] = matrix if one_by_one else kxk
+    return NPASScheme.resolve(plan, model, exclude=[])
+
+
+def bench_model(name: str, size: int, rates: list[float], threads: int, number: int, repeat: int,
+                balanced: bool) -> list[dict]:
+    torch.manual_seed(0)
+    dense = timm.create_model(name, pretrained=False).eval()
+    x = torch.randn(1, 3, size, size)
+    compiled, rows = {}, {}
+    t0 = time.perf_counter()
+    compiled["dense"] = compile_model(dense, x, threads=threads)
+    rows["dense"] = {"rate": 1.0, "compile_s": time.perf_counter() - t0}
+    for rate in rates:
+        model = timm.create_model(name, pretrained=False).eval()
+        model.load_state_dict(dense.state_dict())
+        plan = uniform_plan(model, rate, balanced=balanced)
+        apply_masks(model, compute_masks(model, plan), plan)
+        t0 = time.perf_counter()
+        c = compile_model(model, x, plan=plan, threads=threads)
+        key = f"{rate:g}x"
+        compiled[key] = c
+        sparse = [k.sparse for k in c.kernels if k.sparse and k.sparse.get("lowering") == "block-sparse kernel"]
+        work = sum(k.flops for k in c.kernels) / max(1, sum(k.flops for k in compiled["dense"].kernels))
+        rows[key] = {"rate": rate, "compile_s": time.perf_counter() - t0, "compile_breakdown": c.timings,
+                     "sparse_kernels": len(sparse), "kernel_work_vs_dense": work,
+                     "max_rel_err": c.numerics.get("max_rel")}
+    session = LocalSession()
+    xn = x.numpy()
+    engines = [dataclasses.replace(tvm_engine(c, xn, session), name=key) for key, c in compiled.items()]
+    engines.append(onnxruntime_engine(dense, xn, threads))
+    stats = measure_interleaved(engines, number=number, repeat=repeat, warmup=2, threads=threads,
+                                target="host", input_shape=list(x.shape))
+    for e in engines:
+        if e.cleanup:
+            e.cleanup()
+    ort = stats["onnxruntime"].median_ms
+    dense_ms = stats["dense"].median_ms
+    out = []
+    for key, row in rows.items():
+        ms = stats[key].median_ms
+        out.append({"model": name, "input": size, "plan": key, "balanced": balanced, **row, "ms": ms,
+                    "speedup_vs_dense": dense_ms / ms, "speedup_vs_ort": ort / ms, "ort_dense_ms": ort,
+                    "stats": stats[key].to_dict()})
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--rates", nargs="+", type=float, default=[3.0, 5.0, 10.0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--number", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--balanced", action="store_true", help="balanced block rows (equal kept count per row)")
+    args = p.parse_args()
+    command = "python benchmarks/bench_sparse_models.py " + " ".join(sys.argv[1:])
+    rows: list[dict] = []
+    for name in args.models:
+        rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced)
+        path = write_results("bench_sparse_models" + ("_balanced" if args.balanced else ""), command,
+                             {"threads": args.threads, "rows": rows})
+    table = Table(title=f"uniform block-structured pruning, batch 1 @{args.size}, {args.threads} threads")
+    for col in ("model", "plan", "ms", "vs our dense", "vs ORT dense", "ORT dense ms", "kernel work", "compile s",
+                "max rel err"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["model"], r["plan"], f"{r['ms']:.2f}", f"{r['speedup_vs_dense']:.2f}x",
+                      f"{r['speedup_vs_ort']:.2f}x", f"{r['ort_dense_ms']:.2f}",
+                      f"{r.get('kernel_work_vs_dense', 1.0):.2f}", f"{r['compile_s']:.1f}",
+                      f"{r['max_rel_err']:.1e}" if r.get("max_rel_err") is not None else "-")
+    Console().print(table)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
