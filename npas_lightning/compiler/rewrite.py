@@ -167,8 +167,8 @@ def structure_digest(mask: np.ndarray, scheme: str) -> str:
 
 def _tight(packs: dict[int, SparsePacking], slack: float = 1.05) -> list[int]:
     """Filter tiles whose packing does at most ``slack`` x the least work (the tiles the structure fits)."""
-    best = min(p.density for p in packs.values())
-    return [ft for ft, p in packs.items() if p.density <= best * slack + 1e-12]
+    best = min(p.work_fraction for p in packs.values())
+    return [ft for ft, p in packs.items() if p.work_fraction <= best * slack + 1e-12]
 
 
 def _sparse_info(scheme: str, pk: SparsePacking | None, k: int, *, density: float, kept: float,
@@ -339,7 +339,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             def build(tile: ConvTile):
                 g = geom(tile)
-                func, (chan, shift) = conv_primfunc(g, tile, packs[tile.ft].kept)
+                func, (chan, shift) = conv_primfunc(g, tile, packs[tile.ft].kept, counts=packs[tile.ft].counts)
                 return g, packs[tile.ft], func, chan, shift
 
             def run(tile: ConvTile) -> float:
@@ -360,10 +360,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             y = self.builder_.emit(relax.call_tir(
                 gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift)],
                 relax.TensorType((g.n, fp, g.mp), "float32")))
-            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.density, kept=pk.kept_fraction,
-                                reorder=reorder)
+            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
+                                reorder=pk.order is not None)
             records.append(KernelRecord(idx, "conv", module, symbol, shape, tile.to_dict(), tuned, weight,
-                                        int(round(g.flops * pk.density)), pk.packed, info, [chan, shift],
+                                        int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
                                         pk.order, func))
             return self._crop(y, g, fp, pk.order)
 
@@ -447,7 +447,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             def run(tile: DenseTile) -> float:
                 pk = packs[tile.ft]
-                func = dense_primfunc(n, c, f, tile, pk.kept)
+                func = dense_primfunc(n, c, f, tile, pk.kept, counts=pk.counts)
                 shapes = [((n, c), "float32"), (pk.packed.shape, "float32"), (pk.kept.shape, "int32"),
                           ((n, pk.packed.shape[0] * tile.ft), "float32")]
                 return measure_kernel(func, planner.spec.tvm_target, shapes, fixed_args={1: pk.packed, 2: pk.kept})
@@ -455,16 +455,16 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             shape = {"n": n, "c": c, "f": f}
             tile, tuned = planner.sparse_tile("dense", shape, structure_digest(w != 0, scheme), cands, default, run)
             pk = packs[tile.ft]
-            func = dense_primfunc(n, c, f, tile, pk.kept)
+            func = dense_primfunc(n, c, f, tile, pk.kept, counts=pk.counts)
             idx = len(records)
             symbol = f"npas_sparse_dense_{idx}"
             gv = self._add_kernel(func, symbol)
             fp = pk.packed.shape[0] * tile.ft
             y = self.builder_.emit(relax.call_tir(gv, [x, relax.const(pk.packed), relax.const(pk.kept)],
                                                   relax.TensorType((n, fp), "float32")))
-            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.density, kept=pk.kept_fraction)
+            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction)
             records.append(KernelRecord(idx, "dense", module, symbol, shape, tile.to_dict(), tuned, w,
-                                        int(round(2 * n * c * f * pk.density)), pk.packed, info, [pk.kept], None,
+                                        int(round(2 * n * c * f * pk.work_fraction)), pk.packed, info, [pk.kept], None,
                                         func))
             if fp != f:
                 return relax.op.strided_slice(y, [1], [0], [f])
