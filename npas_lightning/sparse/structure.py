@@ -120,6 +120,18 @@ def _group_size(weight: Tensor, lp: LayerPlan) -> int:
     return 4 if lp.scheme == "pattern" else 1
 
 
+def _slack_groups(weight: Tensor, lp: LayerPlan) -> int:
+    """Groups of rounding slack: one for the layer, or one per band when every band keeps a rounded
+    count of its own (``balanced=True``: e.g. 2 of 16 columns per band is 8x, not the planned 10x)."""
+    params = (lp.structure() or {}).get("params", {})
+    if lp.scheme not in ("block_punched", "block_based") or not params.get("balanced"):
+        return 1
+    a, b = _block(lp)
+    if lp.scheme == "block_based" and params.get("prune") == "rows":
+        return -(-weight.shape[1] // b)
+    return -(-weight.shape[0] // a)
+
+
 def _fmt_rate(rate: float) -> str:
     return "inf" if rate == float("inf") else (f"{rate:.1f}" if round(rate, 1) == round(rate, 2) else f"{rate:.2f}")
 
@@ -128,7 +140,7 @@ def check_structure(name: str, weight: Tensor, lp: LayerPlan, *, tolerance: floa
     """Structural mask of ``weight``'s actual zeros; refuse a layer that does not match its plan.
 
     Passes when ``numel / structural kept >= lp.rate * (1 - tolerance)``, with one group of the
-    structure as slack for rounding. Pattern layers must also be 3x3 with at most 4 weights per
+    structure as slack for rounding (one per band for ``balanced`` plans, which round per band). Pattern layers must also be 3x3 with at most 4 weights per
     kernel.
 
     Raises:
@@ -156,7 +168,7 @@ def check_structure(name: str, weight: Tensor, lp: LayerPlan, *, tolerance: floa
     structural = structural_mask(mask, lp)
     kept = int(structural.sum())
     numel = weight.numel()
-    allowed = numel / (lp.rate * (1.0 - tolerance)) + _group_size(weight, lp)
+    allowed = numel / (lp.rate * (1.0 - tolerance)) + _slack_groups(weight, lp) * _group_size(weight, lp)
     if kept > allowed:
         shown = numel / kept
         raise StructureError(

@@ -121,3 +121,17 @@ def test_pattern_refusals():
     with pytest.raises(StructureError, match=r"layer 'q': the plan says pattern, which needs 3x3 kernels; its weight "
                                              r"has shape \[8, 4, 5, 5\]"):
         check_structure("q", torch.zeros(8, 4, 5, 5), lp)
+
+
+def test_balanced_plans_round_per_band_and_still_pass():
+    """2 of 16 columns per band is 8x where 10x was asked: the scheme's own balanced mask must pass."""
+    import torch
+
+    from npas_lightning.plan import LayerPlan
+    from npas_lightning.schemes import get_scheme
+    from npas_lightning.sparse import check_structure
+
+    w = torch.randn(96, 16, 1, 1)
+    lp = LayerPlan(scheme="block_based", rate=10.0, block=(16, 4), params={"balanced": True})
+    mask = get_scheme("block_based")(w, 10.0, block=(16, 4), balanced=True)
+    check_structure("pw", w * mask, lp)
