@@ -35,70 +35,55 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
-    """Build one project kernel standalone with the packed weights the graph embeds and compare it
-    with PyTorch (the layer's BN-folded weight) on random data."""
-    import tvm
-
+    """Build one project kernel standalone with the packed weights (and, for a block-sparse kernel,
+    the index buffers) the graph embeds and compare it with PyTorch (the layer's BN-folded weight,
+    zeros where pruned) on random data."""
     rng = np.random.default_rng(seed)
     s = record.shape
-    dev = tvm.cpu()
-    if record.func is not None:  # a block-sparse kernel: its PrimFunc, packed weights and index buffers
-        return _check_sparse_kernel(record, target, rng)
+    sparse = record.func is not None
     if record.kind == "dense":
         n, c, f = s["n"], s["c"], s["f"]
         tile = DenseTile(**record.tile)
         x = rng.standard_normal((n, c)).astype("float32")
-        lib = tvm.tirx.build(dense_primfunc(n, c, f, tile), target=target)
-        y = tvm.runtime.empty((n, -(-f // tile.ft) * tile.ft), "float32", dev)
-        packed = record.packed if record.packed is not None else pack_dense_weight(record.weight, tile.ft)
-        lib(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(packed, dev), y)
-        return compare(y.numpy()[:, :f], x @ record.weight.T)
+        if sparse:
+            func, weights = record.func, [record.packed, *record.buffers]
+        else:
+            func = dense_primfunc(n, c, f, tile)
+            weights = [record.packed if record.packed is not None else pack_dense_weight(record.weight, tile.ft)]
+        y = _run(func, target, [x, *weights], (n, weights[0].shape[0] * tile.ft))
+        return compare(y[:, :f], x @ record.weight.T)
     tile = ConvTile(**record.tile)
     pad = tuple(s["p"])
     g = ConvGeometry.make(s["n"], s["c"], s["h"], s["w"], s["f"], (s["kh"], s["kw"]), s["s"], pad, pixels=tile.pixels)
     x = rng.standard_normal((g.n, g.c, g.h, g.w)).astype("float32")
     xt = torch.nn.functional.pad(torch.from_numpy(x), (pad[1], pad[3], pad[0], pad[2]))
-    groups = g.c if record.kind == "depthwise" else 1
-    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(record.weight), stride=g.stride, groups=groups).numpy()
-    if record.kind == "depthwise":
-        func, w, fp = depthwise_primfunc(g, tile), pack_depthwise_weight(record.weight), g.c
+    depthwise = record.kind == "depthwise"
+    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(record.weight), stride=g.stride,
+                                     groups=g.c if depthwise else 1).numpy()
+    if sparse:
+        func, weights = record.func, [record.packed, *record.buffers]
+    elif depthwise:
+        func, weights = depthwise_primfunc(g, tile), [pack_depthwise_weight(record.weight)]
     else:
-        func, w, fp = conv_primfunc(g, tile), pack_conv_weight(record.weight, tile.ft), -(-g.f // tile.ft) * tile.ft
-    if record.packed is not None:  # check the weights the compiled graph really embeds
-        w = record.packed
-    lib = tvm.tirx.build(func, target=target)
-    y = tvm.runtime.empty((g.n, fp, g.mp), "float32", dev)
-    lib(tvm.runtime.tensor(planes_from_nchw(x, g), dev), tvm.runtime.tensor(w, dev), y)
-    return compare(nchw_from_planes(y.numpy(), g), ref)
-
-
-def _check_sparse_kernel(record, target, rng) -> dict[str, float]:
-    import tvm
-
-    dev = tvm.cpu()
-    s = record.shape
-    lib = tvm.tirx.build(record.func, target=target)
-    buffers = [tvm.runtime.tensor(np.ascontiguousarray(b), dev) for b in (record.packed, *record.buffers)]
-    if record.kind == "dense":
-        n, c, f = s["n"], s["c"], s["f"]
-        x = rng.standard_normal((n, c)).astype("float32")
-        y = tvm.runtime.empty((n, record.packed.shape[0] * record.tile["ft"]), "float32", dev)
-        lib(tvm.runtime.tensor(x, dev), *buffers, y)
-        return compare(y.numpy()[:, :f], x @ record.weight.T)
-    tile = ConvTile(**record.tile)
-    pad = tuple(s["p"])
-    g = ConvGeometry.make(s["n"], s["c"], s["h"], s["w"], s["f"], (s["kh"], s["kw"]), s["s"], pad, pixels=tile.pixels)
-    x = rng.standard_normal((g.n, g.c, g.h, g.w)).astype("float32")
-    xt = torch.nn.functional.pad(torch.from_numpy(x), (pad[1], pad[3], pad[0], pad[2]))
-    groups = g.c if record.kind == "depthwise" else 1
-    ref = torch.nn.functional.conv2d(xt, torch.from_numpy(record.weight), stride=g.stride, groups=groups).numpy()
-    fp = g.c if record.kind == "depthwise" else record.packed.shape[0] * tile.ft
-    y = tvm.runtime.empty((g.n, fp, g.mp), "float32", dev)
-    lib(tvm.runtime.tensor(planes_from_nchw(x, g), dev), *buffers, y)
-    out = y.numpy()
+        func, weights = conv_primfunc(g, tile), [pack_conv_weight(record.weight, tile.ft)]
+    if record.packed is not None and not sparse:  # check the weights the compiled graph really embeds
+        weights = [record.packed]
+    fp = g.c if depthwise else weights[0].shape[0] * tile.ft
+    out = _run(func, target, [planes_from_nchw(x, g), *weights], (g.n, fp, g.mp))
     if record.order is not None:  # filter slots back to the model's order
         out = out[:, np.argsort(record.order)]
     return compare(nchw_from_planes(out, g), ref)
+
+
+def _run(func, target, inputs: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+    """Build ``func`` for ``target`` and run it on the host with ``inputs`` and one float32 output."""
+    import tvm
+
+    dev = tvm.cpu()
+    lib = tvm.tirx.build(func, target=target)
+    y = tvm.runtime.empty(out_shape, "float32", dev)
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs], y)
+    return y.numpy()
 
 
 def _ok(stats: dict[str, float], rtol: float, atol: float) -> bool:
