@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import lightning as L
-
 from npas_lightning.algorithms.fpgm import DISTANCES, check_filter_plan, fpgm_masks
-from npas_lightning.algorithms.schedules import get_schedule, pruning_events
-from npas_lightning.callbacks.pruning_base import PruningCallback
+from npas_lightning.callbacks.magnitude import MagnitudePruning
 from npas_lightning.plan import NPASScheme
 
 
-class GeometricMedianPruning(PruningCallback):
+class GeometricMedianPruning(MagnitudePruning):
     """FPGM (He et al. 2019) along a filter-pruning plan, one-shot or gradual.
 
     At each pruning event the filters whose summed distance to all other filters of the layer is
@@ -52,25 +49,17 @@ class GeometricMedianPruning(PruningCallback):
         root: str | None = None,
         log_per_layer: bool = True,
     ) -> None:
-        super().__init__(plan, exclude=exclude, root=root, log_per_layer=log_per_layer)
         if distance not in DISTANCES:
             raise ValueError(f"distance={distance!r}: accepted values are {sorted(DISTANCES)}")
         if isinstance(plan, NPASScheme):
             check_filter_plan(plan)
-        self.events = pruning_events(start_epoch, end_epoch, frequency)
-        self.schedule_fn = get_schedule(schedule)
-        self.start_epoch, self.end_epoch, self.frequency, self.schedule = start_epoch, end_epoch, frequency, schedule
+        super().__init__(plan, start_epoch, end_epoch, frequency, schedule, exclude=exclude, root=root,
+                         log_per_layer=log_per_layer)
         self.distance = distance
 
     def validate_plan(self, plan: NPASScheme) -> None:
         check_filter_plan(plan)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if epoch not in self.events or epoch == self.last_update_epoch:
-            return
-        fraction = self.schedule_fn(self.events[epoch])
-        masks = None
-        if trainer.is_global_zero:
-            masks = fpgm_masks(self.pruned_model(pl_module), self.plan, rate_scale=fraction, distance=self.distance)
-        self.set_masks(trainer, pl_module, masks, fraction)
+    def compute_masks(self, model, fraction: float):
+        """Filters nearest the layer's geometric median go first."""
+        return fpgm_masks(model, self.plan, rate_scale=fraction, distance=self.distance)

@@ -55,7 +55,7 @@ class MagnitudePruning(PruningCallback):
         last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
         if last is not None and self.end_epoch > last:
             rank_zero_warn(
-                f"MagnitudePruning: end_epoch={self.end_epoch} is past the last epoch ({last}, max_epochs="
+                f"{type(self).__name__}: end_epoch={self.end_epoch} is past the last epoch ({last}, max_epochs="
                 f"{trainer.max_epochs}); the plan's rates will not be reached"
             )
 
@@ -66,5 +66,9 @@ class MagnitudePruning(PruningCallback):
         fraction = self.schedule_fn(self.events[epoch])
         masks = None
         if trainer.is_global_zero:
-            masks = compute_masks(self.pruned_model(pl_module), self.plan, rate_scale=fraction)
+            masks = self.compute_masks(self.pruned_model(pl_module), fraction)
         self.set_masks(trainer, pl_module, masks, fraction)
+
+    def compute_masks(self, model, fraction: float):
+        """Masks at ``fraction`` of the plan's sparsity (subclasses choose another criterion)."""
+        return compute_masks(model, self.plan, rate_scale=fraction)
