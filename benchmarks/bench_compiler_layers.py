@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from npas_lightning.compiler.conv_kernel import ConvGeometry
-from npas_lightning.compiler.rewrite import TilePlanner
+from npas_lightning.compiler.rewrite import TilePlanner, time_conv_tile
 from npas_lightning.compiler.targets import resolve_target
 from npas_lightning.compiler.tuning import TileCache
 
@@ -86,7 +86,7 @@ def main() -> None:
             g = geom(default)
             flops = g.flops // (f if kind == "depthwise" else 1)
             for label, tile in (("default", default), ("tuned", best)):
-                times[label] = _time_conv(spec, kind, geom, tile)
+                times[label] = time_conv_tile(spec.tvm_target, kind, geom(tile), tile, number=20, repeat=5)
         row = {"layer": name, "gflop": flops / 1e9, **{f"{k}_ms": v * 1e3 for k, v in times.items()},
                "tuned_gflops": flops / times["tuned"] / 1e9, "default_gflops": flops / times["default"] / 1e9}
         row["tuned_pct_peak"] = 100 * row["tuned_gflops"] / peak
@@ -103,24 +103,6 @@ def main() -> None:
         t.add_row(r["layer"], f"{r['default_ms']:.3f}", f"{r['tuned_ms']:.3f}", f"{r['tuned_gflops']:.1f}",
                   f"{r['tuned_pct_peak']:.0f}")
     Console().print(t)
-
-
-def _time_conv(spec, kind, geom, tile) -> float:
-    """Time one conv/depthwise tile with the tuner's measurement."""
-    from npas_lightning.compiler.conv_kernel import conv_primfunc, depthwise_primfunc
-    from npas_lightning.compiler.tuning import measure_kernel
-
-    g = geom(tile)
-    if kind == "depthwise":
-        func = depthwise_primfunc(g, tile)
-        shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((g.c, g.kh * g.kw), "float32"),
-                  ((g.n, g.c, g.mp), "float32")]
-    else:
-        func = conv_primfunc(g, tile)
-        fn = -(-g.f // tile.ft)
-        shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((fn, g.c * g.kh * g.kw, tile.ft), "float32"),
-                  ((g.n, fn * tile.ft, g.mp), "float32")]
-    return measure_kernel(func, spec.tvm_target, shapes, number=20, repeat=5)
 
 
 if __name__ == "__main__":

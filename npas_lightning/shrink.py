@@ -185,15 +185,6 @@ def _blocker_plain(item, dg, root: nn.Module, names: Mapping[nn.Module, str], id
     return f"coupled {type(module).__name__} {name} is not supported"
 
 
-def _plan_layer_modules(root: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
-    """The Conv2d/Linear modules a plan layer name covers: the layer itself, or the convs inside its
-    filter-type candidate (qualified names)."""
-    module = root.get_submodule(name)
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        return [(name, module)]
-    return [(f"{name}.{n}", m) for n, m in module.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
 def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.Tensor) -> tuple[nn.Module, dict]:
     """Eval-mode copy of a pruned model ready for code generation.
 
@@ -210,14 +201,15 @@ def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.
     dense-masked model is used instead of a shrunk one (the shrink failed): it is measured as it is,
     and said so, never guessed.
     """
-    from npas_lightning.sparse import SPARSE_SCHEMES, SparseConv2d, SparseLinear, check_structure
+    from npas_lightning.algorithms.masking import planned_modules
+    from npas_lightning.sparse import SPARSE_SCHEMES, check_structure, make_sparse, sparse_layers
 
     frozen = copy.deepcopy(model).cpu().eval()
     info: dict = {}
-    sparse_plan = {n: lp for n, lp in plan.items() if lp.pruned and lp.scheme in SPARSE_SCHEMES}
-    for name, lp in sparse_plan.items():
-        for qual, mod in _plan_layer_modules(frozen, name):
-            check_structure(qual, mod.weight.detach(), lp)
+    done = sparse_layers(frozen)  # layers already sparse modules are lowered as they are
+    sparse_plan = {n: lp for n, lp in plan.items() if lp.pruned and lp.scheme in SPARSE_SCHEMES and n not in done}
+    for qual, (mod, lp) in planned_modules(frozen, sparse_plan).items():
+        check_structure(qual, mod.weight.detach(), lp)
     if any(lp.scheme == "filter" and lp.pruned for lp in plan.values()):
         try:
             frozen, report = shrink_filter_pruned(frozen, plan, example_input, inplace=True)
@@ -226,15 +218,10 @@ def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.
                 info["not_shrunk"] = {k: str(v)[:300] for k, v in report.kept_masked.items()}
         except Exception as err:  # noqa: BLE001 - measured as the dense-masked model, and said so
             info["shrink_error"] = f"{type(err).__name__}: {err}"[:300]
-    made = 0
-    for name, lp in sparse_plan.items():
-        for qual, mod in _plan_layer_modules(frozen, name):
-            cls = SparseConv2d if isinstance(mod, nn.Conv2d) else SparseLinear
-            parent, _, attr = qual.rpartition(".")
-            holder = frozen.get_submodule(parent) if parent else frozen
-            with torch.no_grad():
-                setattr(holder, attr, cls.from_dense(mod, mod.weight != 0, scheme=lp.scheme))
-            made += 1
+    made = planned_modules(frozen, sparse_plan)
+    with torch.no_grad():
+        for qual, (mod, lp) in made.items():
+            make_sparse(frozen, qual, mod.weight != 0, lp.scheme)
     if made:
-        info["sparse_layers"] = made
+        info["sparse_layers"] = len(made)
     return frozen, info

@@ -28,7 +28,7 @@ from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["KernelRecord", "TilePlanner", "rewrite_kernels"]
+__all__ = ["KernelRecord", "TilePlanner", "rewrite_kernels", "time_conv_tile"]
 
 
 @dataclass
@@ -53,6 +53,20 @@ class KernelRecord:
     order: np.ndarray | None = field(default=None, repr=False)
     #: sparse layers: the scheduled PrimFunc (rebuilt alone by the per-layer numerics check)
     func: Any = field(default=None, repr=False)
+
+
+def time_conv_tile(target, kind: str, g: ConvGeometry, tile: ConvTile, *, number: int = 5, repeat: int = 3) -> float:
+    """Median seconds of one dense conv (``kind="conv"``) or depthwise kernel tile on random data."""
+    if kind == "depthwise":
+        func = depthwise_primfunc(g, tile)
+        shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((g.c, g.kh * g.kw), "float32"),
+                  ((g.n, g.c, g.mp), "float32")]
+    else:
+        func = conv_primfunc(g, tile)
+        fn = -(-g.f // tile.ft)
+        shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((fn, g.c * g.kh * g.kw, tile.ft), "float32"),
+                  ((g.n, fn * tile.ft, g.mp), "float32")]
+    return measure_kernel(func, target, shapes, number=number, repeat=repeat)
 
 
 class TilePlanner:
@@ -91,17 +105,7 @@ class TilePlanner:
                            2 if m >= 8 * v else 1, v)
 
         def run(tile: ConvTile) -> float:
-            g = make_geom(tile)
-            if kind == "depthwise":
-                func = depthwise_primfunc(g, tile)
-                shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((g.c, g.kh * g.kw), "float32"),
-                          ((g.n, g.c, g.mp), "float32")]
-            else:
-                func = conv_primfunc(g, tile)
-                fn = -(-g.f // tile.ft)
-                shapes = [((g.n, g.c, g.phases * g.plane), "float32"),
-                          ((fn, g.c * g.kh * g.kw, tile.ft), "float32"), ((g.n, fn * tile.ft, g.mp), "float32")]
-            return measure_kernel(func, self.spec.tvm_target, shapes)
+            return time_conv_tile(self.spec.tvm_target, kind, make_geom(tile), tile)
 
         return self._choose(kind, shape, cands, default, run, ConvTile)
 
@@ -171,7 +175,12 @@ def _tight(packs: dict[int, SparsePacking], slack: float = 1.05) -> list[int]:
     return [ft for ft, p in packs.items() if p.work_fraction <= best * slack + 1e-12]
 
 
-def _sparse_info(scheme: str, pk: SparsePacking | None, k: int, *, density: float, kept: float,
+def _flops(g: ConvGeometry, kind: str) -> int:
+    """FLOPs of a conv layer (``ConvGeometry.flops`` counts every filter against every channel)."""
+    return g.flops // g.f if kind == "depthwise" else g.flops
+
+
+def _sparse_info(scheme: str, k: int, *, density: float, kept: float,
                  reorder: bool = False) -> dict[str, Any]:
     return {"scheme": scheme, "lowering": "block-sparse kernel", "density": round(float(density), 4),
             "kept_fraction": round(float(kept), 4), "k": int(k), "reorder": bool(reorder),
@@ -288,7 +297,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             xf = self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed)],
                                                   relax.TensorType((n, fp, g.mp), "float32")))
-            records.append(KernelRecord(idx, kind, module, symbol, shape, tile.to_dict(), tuned, weight, g.flops,
+            records.append(KernelRecord(idx, kind, module, symbol, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
                                         packed))
             return self._crop(y, g, fp)
 
@@ -360,7 +369,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             y = self.builder_.emit(relax.call_tir(
                 gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift)],
                 relax.TensorType((g.n, fp, g.mp), "float32")))
-            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
+            info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
                                 reorder=pk.order is not None)
             records.append(KernelRecord(idx, "conv", module, symbol, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
@@ -405,11 +414,11 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             xf = self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), relax.const(shift)],
                                                   relax.TensorType((g.n, c, g.mp), "float32")))
-            info = _sparse_info(scheme, None, kept.shape[1], density=density,
+            info = _sparse_info(scheme, kept.shape[1], density=density,
                                 kept=float((w2 != 0).mean()))
             info["block"] = block
             records.append(KernelRecord(idx, "depthwise", module, symbol, shape, tile.to_dict(), tuned, weight,
-                                        int(round(g.flops * density)), packed, info, [shift], None, func))
+                                        int(round(_flops(g, "depthwise") * density)), packed, info, [shift], None, func))
             return self._crop(y, g, c)
 
         # -- dense --------------------------------------------------------------------------
@@ -462,7 +471,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             fp = pk.packed.shape[0] * tile.ft
             y = self.builder_.emit(relax.call_tir(gv, [x, relax.const(pk.packed), relax.const(pk.kept)],
                                                   relax.TensorType((n, fp), "float32")))
-            info = _sparse_info(scheme, pk, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction)
+            info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction)
             records.append(KernelRecord(idx, "dense", module, symbol, shape, tile.to_dict(), tuned, w,
                                         int(round(2 * n * c * f * pk.work_fraction)), pk.packed, info, [pk.kept], None,
                                         func))

@@ -44,10 +44,11 @@ def _tensor_of(program: torch.export.ExportedProgram) -> Callable[[Any], np.ndar
 
 
 def _dense(values: np.ndarray, index: np.ndarray, reduction: int) -> np.ndarray:
-    """[F, R] weight: compact values scattered to their reduction indices; padding (index R) dropped."""
-    out = np.zeros((values.shape[0], reduction + 1), dtype="float32")
-    np.put_along_axis(out, index.astype("int64"), values.astype("float32"), axis=1)
-    return out[:, :reduction]
+    """[F, R] float32 weight: the sparse layer's own reconstruction (padding index R dropped)."""
+    from npas_lightning.sparse import dense_from_compact
+
+    dense = dense_from_compact(torch.from_numpy(values).float(), torch.from_numpy(index).long(), reduction)
+    return dense.numpy()
 
 
 def sparse_convert_map(program: torch.export.ExportedProgram) -> dict[str, Callable]:

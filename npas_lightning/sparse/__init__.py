@@ -5,10 +5,10 @@
   and the compact <-> dense helpers;
 * :mod:`~npas_lightning.sparse.modules`: ``SparseConv2d`` / ``SparseLinear``;
 * :mod:`~npas_lightning.sparse.structure`: ``structural_mask`` / ``check_structure`` (zeros vs plan);
-* :mod:`~npas_lightning.sparse.convert`: ``sparsify`` / ``densify`` / ``sparse_layers``.
+* :mod:`~npas_lightning.sparse.convert`: ``sparsify`` / ``densify`` / ``make_sparse`` / ``sparse_layers``.
 """
 
-from npas_lightning.sparse.convert import SPARSE_SCHEMES, densify, sparse_layers, sparsify
+from npas_lightning.sparse.convert import SPARSE_SCHEMES, densify, make_sparse, sparse_layers, sparsify
 from npas_lightning.sparse.modules import SparseConv2d, SparseLinear
 from npas_lightning.sparse.ops import compact_from_dense, dense_from_compact, sparse_conv2d, sparse_linear
 from npas_lightning.sparse.structure import StructureError, check_structure, structural_mask
@@ -22,6 +22,7 @@ __all__ = [
     "compact_from_dense",
     "dense_from_compact",
     "densify",
+    "make_sparse",
     "sparse_conv2d",
     "sparse_layers",
     "sparse_linear",

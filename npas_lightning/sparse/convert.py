@@ -19,7 +19,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from npas_lightning.algorithms.masking import planned_modules
 from npas_lightning.plan import NPASScheme
@@ -66,10 +66,17 @@ def sparsify(model: nn.Module, plan: NPASScheme | Mapping[str, Any], *, inplace:
     if not inplace:
         model = copy.deepcopy(model)
     for name, (_, lp) in targets.items():
-        module = model.get_submodule(name)
-        cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
-        _replace(model, name, cls.from_dense(module, masks[name], scheme=lp.scheme))
+        make_sparse(model, name, masks[name], lp.scheme)
     return model
+
+
+def make_sparse(model: nn.Module, name: str, mask: Tensor, scheme: str) -> nn.Module:
+    """Replace the Conv2d/Linear ``name`` of ``model`` in place by its sparse module keeping ``mask``."""
+    module = model.get_submodule(name)
+    cls = SparseLinear if isinstance(module, nn.Linear) else SparseConv2d
+    new = cls.from_dense(module, mask, scheme=scheme)
+    _replace(model, name, new)
+    return new
 
 
 def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
