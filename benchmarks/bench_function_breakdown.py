@@ -1,0 +1,103 @@
+"""Where a compiled model's batch-1 time goes: every TIR function of the build timed alone.
+
+The model is compiled as `compile_model` does it (same passes, kernels and schedules); each called
+function is then built alone and timed on random inputs of its own shapes, times the number of
+calls in ``main``. Functions are grouped as the project's kernels (``npas_*``), fused
+elementwise + layout functions (pad / reshape / transpose / crop fused with the activations), and
+the rest (pooling, reductions). The whole model is timed once for comparison.
+
+    .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
+    .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from npas_lightning.compiler.frontend import import_model
+from npas_lightning.compiler.pipeline import build_relax
+from npas_lightning.compiler.rewrite import TilePlanner
+from npas_lightning.compiler.targets import resolve_target
+from npas_lightning.compiler.tuning import TileCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+LAYOUT = ("pad", "reshape", "transpose", "strided_slice", "permute")
+
+
+def _group(name: str) -> str:
+    if name.startswith("npas_"):
+        return "project kernels"
+    return "fused elementwise + layout" if any(k in name for k in LAYOUT) else "other"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="efficientnet_b0")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    import tvm
+    from tvm import relax, tirx
+
+    model = timm.create_model(args.model, pretrained=False).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+    spec = resolve_target("host", threads=args.threads)
+    imported = import_model(model, x)
+    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names)
+    tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    calls: collections.Counter = collections.Counter()
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op == call_tir:
+            calls[expr.args[0].name_hint] += 1
+
+    relax.analysis.post_order_visit(result.mod["main"].body, visit)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    per_function, groups, counts = {}, collections.defaultdict(float), collections.Counter()
+    for gv, func in result.mod.functions_items():
+        name = gv.name_hint
+        if not isinstance(func, tirx.PrimFunc) or name not in calls:
+            continue
+        lib = tvm.tirx.build(func.with_attr("global_symbol", name), target=spec.tvm_target)
+        inputs = [tvm.runtime.tensor(rng.random([int(s) for s in a.shape]).astype(str(a.dtype))
+                                     if str(a.dtype).startswith("float")
+                                     else np.zeros([int(s) for s in a.shape], dtype=str(a.dtype)), dev)
+                  for a in func.params]
+        ms = lib.time_evaluator(lib.entry_name, dev, number=5, repeat=3)(*inputs).mean * 1e3 * calls[name]
+        per_function[name] = ms
+        groups[_group(name)] += ms
+        counts[_group(name)] += calls[name]
+    executable = tvm.compile(result.mod, target=spec.tvm_target)
+    vm = relax.VirtualMachine(executable, dev)
+    whole = vm.time_evaluator("main", dev, number=5, repeat=5)(tvm.runtime.tensor(x.numpy())).median * 1e3
+    table = Table(title=f"{args.model} @{args.size}, batch 1, {args.threads} threads: whole model {whole:.2f} ms")
+    for col in ("group", "calls", "ms (sum of functions timed alone)"):
+        table.add_column(col)
+    for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        table.add_row(g, str(counts[g]), f"{ms:.2f}")
+    Console().print(table)
+    top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
+    for name, ms in top:
+        print(f"{ms:7.3f} ms  {name}")
+    path = write_results(f"bench_function_breakdown_{args.model}_{args.size}",
+                         "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
+                         {"whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
+                          "top_functions_ms": dict(top)})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
