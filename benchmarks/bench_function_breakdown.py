@@ -8,6 +8,9 @@ the rest (pooling, reductions). The whole model is timed once for comparison.
 
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
+    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5     # uniform 5x plan, balanced
+
+Reshapes that the build turns into zero-copy views (``RewriteDataflowReshape``) are not counted.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from npas_lightning.compiler.pipeline import build_relax
 from npas_lightning.compiler.rewrite import TilePlanner
 from npas_lightning.compiler.targets import resolve_target
 from npas_lightning.compiler.tuning import TileCache
+from npas_lightning.shrink import frozen_for_compile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
@@ -41,11 +45,24 @@ def _group(name: str) -> str:
     return "fused elementwise + layout" if any(k in name for k in LAYOUT) else "other"
 
 
+def _pruned(model, rate: float):
+    """``model`` masked by the balanced uniform plan of ``bench_sparse_models`` at ``rate``."""
+    from bench_sparse_models import uniform_plan
+
+    from npas_lightning.algorithms.masking import apply_masks, compute_masks
+
+    plan = uniform_plan(model, rate, balanced=True)
+    apply_masks(model, compute_masks(model, plan), plan)
+    return model, plan
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientnet_b0")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rate", type=float, default=None,
+                   help="prune uniformly at this rate first (bench_sparse_models' balanced plan)")
     args = p.parse_args()
     import tvm
     from tvm import relax, tirx
@@ -53,8 +70,12 @@ def main() -> None:
     model = timm.create_model(args.model, pretrained=False).eval()
     x = torch.randn(1, 3, args.size, args.size)
     spec = resolve_target("host", threads=args.threads)
+    if args.rate is not None:
+        model, _ = frozen_for_compile(*_pruned(model, args.rate), x)
     imported = import_model(model, x)
-    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names)
+    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names,
+                         sparse_layers=getattr(imported, "sparse", None))
+    result.mod = relax.transform.RewriteDataflowReshape()(result.mod)  # what the build does to reshapes
     tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
     call_tir = tvm.ir.Op.get("relax.call_tir")
     calls: collections.Counter = collections.Counter()
@@ -83,7 +104,9 @@ def main() -> None:
     executable = tvm.compile(result.mod, target=spec.tvm_target)
     vm = relax.VirtualMachine(executable, dev)
     whole = vm.time_evaluator("main", dev, number=5, repeat=5)(tvm.runtime.tensor(x.numpy())).median * 1e3
-    table = Table(title=f"{args.model} @{args.size}, batch 1, {args.threads} threads: whole model {whole:.2f} ms")
+    label = "dense" if args.rate is None else f"{args.rate:g}x"
+    table = Table(title=f"{args.model} ({label}) @{args.size}, batch 1, {args.threads} threads: whole model "
+                        f"{whole:.2f} ms")
     for col in ("group", "calls", "ms (sum of functions timed alone)"):
         table.add_column(col)
     for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
@@ -92,9 +115,10 @@ def main() -> None:
     top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
     for name, ms in top:
         print(f"{ms:7.3f} ms  {name}")
-    path = write_results(f"bench_function_breakdown_{args.model}_{args.size}",
+    suffix = "" if args.rate is None else f"_{args.rate:g}x"
+    path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
-                         {"whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
+                         {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
                           "top_functions_ms": dict(top)})
     print(f"wrote {path}")
 

@@ -199,7 +199,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     y = te.compute((g.n, fn * ft, g.mp), body, name="conv")
     args = [x, w, y] if kept is None else [x, w, cb, sb, y]
     func = te.create_prim_func(args)
-    func = _schedule_conv(func, tile, unroll_kernel=kept is None)
+    func = _schedule_conv(func, tile, unroll_kernel=kept is None, pixels_outer=pixel_outer(g))
     if kept is not None:
         return func, (chan, shift)
     return func
@@ -230,7 +230,8 @@ def const_table(index, values: np.ndarray):
 
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
-    parallel over (image, filter tile, pixel tile); ``ft x mt`` vectors of accumulators in registers."""
+    parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
+    filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers."""
     from tvm.script import tirx as T
 
     ft, mt, vw = tile.ft, tile.mt, tile.vw
@@ -238,34 +239,36 @@ def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.nd
     n_, c_, pl, mp = g.n, g.c, g.phases * g.plane, g.mp
     px = mt * vw
     mo_n = mp // px
-    tiles = fn * mo_n
     if mp % px:
         raise ValueError(f"geometry mp={mp} is not a multiple of the tile's {px} pixels: build g with pixels=tile.pixels")
+    outer_n, inner_n = (mo_n, fn) if pixel_outer(g) else (fn, mo_n)
+    swap = bool(pixel_outer(g))
 
     @T.prim_func
     def main(X: T.Buffer((n_, c_, pl), "float32"), W: T.Buffer((fn, k, ft), "float32"),
              Kc: T.Buffer((fn, k), "int32"), Ks: T.Buffer((fn, k), "int32"),
              Y: T.Buffer((n_, fn * ft, mp), "float32")):
         T.func_attr({"tirx.noalias": True})
-        for t in T.parallel(n_ * tiles):
-            acc = T.alloc_buffer((ft, px), "float32", scope="local")
-            n = t // tiles
-            fb = t % tiles // mo_n
-            m0 = t % mo_n * px
-            for fi in T.unroll(ft):
-                for mi in T.unroll(mt):
-                    for v in T.vectorized(vw):
-                        acc[fi, mi * vw + v] = T.float32(0)
-            for rk in T.serial(const_table(fb, counts)):
+        for t in T.parallel(n_ * outer_n):
+            for u in T.serial(inner_n):
+                acc = T.alloc_buffer((ft, px), "float32", scope="local")
+                n = t // outer_n
+                fb = T.Select(swap, u, t % outer_n)
+                m0 = T.Select(swap, t % outer_n, u) * px
                 for fi in T.unroll(ft):
                     for mi in T.unroll(mt):
                         for v in T.vectorized(vw):
-                            acc[fi, mi * vw + v] = acc[fi, mi * vw + v] + W[fb, rk, fi] * X[
-                                n, Kc[fb, rk], Ks[fb, rk] + m0 + mi * vw + v]
-            for fi in T.unroll(ft):
-                for mi in T.unroll(mt):
-                    for v in T.vectorized(vw):
-                        Y[n, fb * ft + fi, m0 + mi * vw + v] = acc[fi, mi * vw + v]
+                            acc[fi, mi * vw + v] = T.float32(0)
+                for rk in T.serial(const_table(fb, counts)):
+                    for fi in T.unroll(ft):
+                        for mi in T.unroll(mt):
+                            for v in T.vectorized(vw):
+                                acc[fi, mi * vw + v] = acc[fi, mi * vw + v] + W[fb, rk, fi] * X[
+                                    n, Kc[fb, rk], Ks[fb, rk] + m0 + mi * vw + v]
+                for fi in T.unroll(ft):
+                    for mi in T.unroll(mt):
+                        for v in T.vectorized(vw):
+                            Y[n, fb * ft + fi, m0 + mi * vw + v] = acc[fi, mi * vw + v]
     return main
 
 
@@ -280,7 +283,19 @@ def _check_rows_kept(kept, fn: int, r: int, what: str) -> np.ndarray:
     return arr.astype("int64")
 
 
-def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool):
+#: an image's input planes larger than this (bytes) do not stay in a core's L2 across filter tiles
+L2_INPUT_BYTES = 1 << 20
+
+
+def pixel_outer(g: ConvGeometry) -> bool:
+    """Loop order of the conv kernels: pixel chunks outside filter tiles when one image's input is
+    larger than :data:`L2_INPUT_BYTES` (every filter tile then reads a chunk that is in cache:
+    3x3 256->256 @56x56 measured 1.6x faster), else filter tiles outside (each parallel
+    iteration sweeps its pixels with its weights in L1: small-channel 1x1 convs up to 1.2x)."""
+    return g.c * g.phases * g.plane * 4 > L2_INPUT_BYTES
+
+
+def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: bool = False):
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
@@ -289,11 +304,13 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool):
     n, f, m, red = loops[0], loops[1], loops[2], loops[3:]
     fo, fi = sch.split(f, [None, tile.ft])
     mo, mi, mv = sch.split(m, [None, tile.mt, tile.vw])
-    sch.reorder(n, fo, mo, *red, fi, mi, mv)
-    outer = sch.fuse(n, fo, mo)
+    # parallel over (image, outer tile); the inner tile loop is serial inside each iteration
+    first, second = (mo, fo) if pixels_outer else (fo, mo)
+    sch.reorder(n, first, second, *red, fi, mi, mv)
+    outer = sch.fuse(n, first)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
-    sch.reverse_compute_at(cw, outer)
+    sch.reverse_compute_at(cw, second)
     if unroll_kernel:
         for r in red[1:]:
             sch.unroll(r)
@@ -368,10 +385,12 @@ def _schedule_depthwise(func, tile: ConvTile):
     n, c, m, *red = sch.get_loops(b)
     mo, mi, mv = sch.split(m, [None, tile.mt, tile.vw])
     sch.reorder(n, c, mo, *red, mi, mv)
-    outer = sch.fuse(n, c, mo)
+    # one channel plane per parallel iteration, its pixel chunks serial inside: measured 1.5-3x
+    # faster than parallelising over (channel, chunk) pairs (efficientnet_b0's depthwise layers)
+    outer = sch.fuse(n, c)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
-    sch.reverse_compute_at(cw, outer)
+    sch.reverse_compute_at(cw, mo)
     for r in red:
         sch.unroll(r)
     sch.unroll(mi)

@@ -101,8 +101,10 @@ class TilePlanner:
         fts = [1] if kind == "depthwise" else [ft for ft in (4, 8, 16) if ft <= max(4, shape["f"])]
         mts = [mt for mt in (1, 2, 4) if mt == 1 or mt * v <= m]
         cands = [ConvTile(ft, mt, v) for ft in fts for mt in mts]
-        default = ConvTile(fts[min(1, len(fts) - 1)] if kind != "depthwise" else 1,
-                           2 if m >= 8 * v else 1, v)
+        if kind == "depthwise":
+            default = ConvTile(1, self.depthwise_pixel_tile(shape["kh"], m), v)
+        else:
+            default = ConvTile(fts[min(1, len(fts) - 1)], 2 if m >= 8 * v else 1, v)
 
         def run(tile: ConvTile) -> float:
             return time_conv_tile(self.spec.tvm_target, kind, make_geom(tile), tile)
@@ -116,6 +118,12 @@ class TilePlanner:
         (``tune=True``) or ``default``. Returns ``(tile, tuned)``."""
         return self._choose(f"{kind}-sparse", {**shape, "structure": structure}, candidates, default, run,
                             type(default))
+
+    def depthwise_pixel_tile(self, kh: int, m: int) -> int:
+        """Untuned pixel tile of a depthwise kernel: 4 vectors for 5x5 and larger kernels (25 taps
+        amortise the longer chunk), 1 for 3x3 (measured: 1.1-1.4x faster each way on
+        efficientnet_b0's layers)."""
+        return 4 if kh >= 5 and 4 * self.lanes <= m else 1
 
     def conv_pixel_tiles(self, m: int) -> list[int]:
         """Pixel register tiles (multiples of the vector width) worth trying for ``m`` flat outputs."""
@@ -392,7 +400,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             v = planner.lanes
             m = geom(ConvTile(1, 1, v)).m
             cands = [ConvTile(1, mt, v) for mt in planner.conv_pixel_tiles(m)]
-            default = ConvTile(1, 2 if m >= 8 * v else 1, v)
+            default = ConvTile(1, planner.depthwise_pixel_tile(shape["kh"], m), v)
 
             def build(tile: ConvTile):
                 g = geom(tile)

@@ -16,6 +16,7 @@ from npas_lightning.compiler.conv_kernel import (
     conv_primfunc,
     depthwise_primfunc,
     nchw_from_planes,
+    pack_conv_weight,
     planes_from_nchw,
 )
 from npas_lightning.compiler.dense_kernel import DenseTile, dense_primfunc
@@ -307,3 +308,27 @@ def test_sparse_dense_grid(n, nt, block):
         y = tvm.runtime.empty((n, pk.packed.shape[0] * ft), "float32", DEV)
         lib(*_tensors(x, pk.packed, pk.kept), y)
         np.testing.assert_allclose(y.numpy()[:, :f], x @ wt.T, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- loop orders
+@pytest.mark.parametrize("outer", ["filters", "pixels"])
+@pytest.mark.parametrize("counts", [False, True])
+def test_conv_loop_orders_match_torch(monkeypatch, outer, counts):
+    """Both kernel loop orders (filter tiles outside, or pixel chunks outside for inputs larger than
+    L2) compute the same conv; the threshold is lowered so a small layer takes the pixel-outer path."""
+    import npas_lightning.compiler.conv_kernel as ck
+
+    monkeypatch.setattr(ck, "L2_INPUT_BYTES", 0 if outer == "pixels" else 1 << 40)
+    g = ConvGeometry.make(2, 6, 10, 9, 13, (3, 3), 1, (1, 1, 1, 1), pixels=32)
+    assert ck.pixel_outer(g) is (outer == "pixels")
+    wt = _masked((13, 6, 3, 3), "block_punched", 3.0, seed=5, block=(4, 2))
+    x = np.random.default_rng(1).standard_normal((2, 6, 10, 9)).astype("float32")
+    ref = _ref_conv(x, wt, 1, (1, 1, 1, 1))
+    out = _run_sparse_conv(x, wt, 1, (1, 1, 1, 1), ConvTile(4, 2, 16), counts=counts)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    tile = ConvTile(4, 2, 16)
+    gd = ConvGeometry.make(2, 6, 10, 9, 13, (3, 3), 1, (1, 1, 1, 1), pixels=tile.pixels)
+    lib = tvm.tirx.build(conv_primfunc(gd, tile), target=TARGET)
+    y = tvm.runtime.empty((2, 16, gd.mp), "float32", DEV)
+    lib(*_tensors(planes_from_nchw(x, gd), pack_conv_weight(wt, 4)), y)
+    np.testing.assert_allclose(nchw_from_planes(y.numpy(), gd), ref, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,80 @@
+"""The schedule rule for fused non-kernel functions: same numbers as the unscheduled function, and the
+loop structure the rule promises (plane-parallel rows, producer computed inside its layout consumer,
+vector accumulation for pooling, no div/mod vector gathers)."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te, topi
+
+from npas_lightning.compiler.generic_schedule import schedule_generic
+from npas_lightning.compiler.targets import resolve_target
+
+TARGET = resolve_target("host", threads=2).tvm_target
+DEV = tvm.cpu()
+
+
+def _run(func, inputs, out_shape):
+    lib = tvm.tirx.build(func.with_attr("global_symbol", "main"), target=TARGET)
+    out = tvm.runtime.empty(out_shape, "float32", DEV)
+    lib(*[tvm.runtime.tensor(a, DEV) for a in inputs], out)
+    return out.numpy()
+
+
+def _check(tensors, out, *, seed=0):
+    """Scheduled and unscheduled builds agree on random inputs; returns the scheduled script."""
+    func = te.create_prim_func([*tensors, out])
+    scheduled = schedule_generic(func, 16)
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal([int(d) for d in t.shape]).astype("float32") for t in tensors]
+    shape = [int(d) for d in out.shape]
+    np.testing.assert_allclose(_run(scheduled, inputs, shape), _run(func, inputs, shape), rtol=1e-6, atol=1e-6)
+    return scheduled.script()
+
+
+def _silu(x, b):
+    y = topi.add(x, b)
+    return topi.multiply(y, topi.sigmoid(y))
+
+
+@pytest.mark.parametrize("hw", [16, 7])
+def test_activation_then_pad_is_computed_per_plane(hw):
+    x = te.placeholder((1, 12, hw, hw), name="x")
+    b = te.placeholder((1, 12, 1, 1), name="b")
+    out = topi.nn.pad(_silu(x, b), [0, 0, 1, 1], [0, 0, 2, 1])
+    script = _check([x, b], out)
+    assert script.count("T.parallel(") == 1  # the activation runs inside the pad's channel loop
+
+
+def test_stride_phase_split_keeps_each_plane_computed_once():
+    x = te.placeholder((1, 8, 12, 12), name="x")
+    b = te.placeholder((1, 8, 1, 1), name="b")
+    y = topi.nn.pad(_silu(x, b), [0, 0, 1, 1], [0, 0, 1, 1])
+    y = topi.transpose(topi.reshape(y, (1, 8, 7, 2, 7, 2)), (0, 1, 3, 5, 2, 4))
+    script = _check([x, b], y)
+    assert script.count("T.parallel(") == 1
+    assert "T.parallel(8)" in script  # one channel per iteration, its four phases inside
+
+
+def test_odd_rows_are_not_vectorised_through_div_mod():
+    x = te.placeholder((1, 24, 7, 7), name="x")
+    b = te.placeholder((1, 24, 1, 1), name="b")
+    script = _check([x, b], _silu(x, b))
+    assert "T.vectorized" not in script
+    assert "T.parallel(24)" in script
+
+
+def test_even_rows_vectorise_the_row_loop():
+    x = te.placeholder((1, 4, 8, 32), name="x")
+    b = te.placeholder((1, 4, 1, 1), name="b")
+    script = _check([x, b], _silu(x, b))
+    assert "T.vectorized(16)" in script
+
+
+@pytest.mark.parametrize("hw,vector", [(16, True), (7, False)])
+def test_global_average_pool_accumulates_in_vectors(hw, vector):
+    x = te.placeholder((1, 10, hw, hw), name="x")
+    out = topi.divide(topi.sum(x, axis=(2, 3), keepdims=True), float(hw * hw))
+    script = _check([x], out)
+    assert ("_rf" in script) is vector
+    assert ("T.vectorized" in script) is vector
