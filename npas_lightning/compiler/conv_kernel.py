@@ -28,6 +28,7 @@ Example (block-sparse conv from a pruned weight):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -229,11 +230,24 @@ def const_table(index, values: np.ndarray):
 
 
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray):
+    """:func:`_conv_counts_built`, memoised: TVMScript parsing costs ~30 ms a kernel, and layers of
+    the same shape and balanced structure build the same function."""
+    key = tuple(int(v) for v in counts)
+    try:
+        hash(g)
+    except TypeError:  # a geometry built with list fields: build it without the memo
+        return _conv_counts_built.__wrapped__(g, tile, k, key)
+    return _conv_counts_built(g, tile, k, key)
+
+
+@functools.lru_cache(maxsize=512)
+def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...]):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers."""
     from tvm.script import tirx as T
 
+    counts = np.asarray(counts_key, dtype="int64")
     ft, mt, vw = tile.ft, tile.mt, tile.vw
     fn = counts.shape[0]
     n_, c_, pl, mp = g.n, g.c, g.phases * g.plane, g.mp

@@ -9,6 +9,7 @@ matmul of block-based pruning with the same schedule.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -107,12 +108,19 @@ def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
 
 
 def _dense_counts_primfunc(n: int, c: int, tile: DenseTile, k: int, counts: np.ndarray):
+    """:func:`_dense_counts_built`, memoised (TVMScript parsing is the cost; equal layers share it)."""
+    return _dense_counts_built(n, c, tile, k, tuple(int(v) for v in counts))
+
+
+@functools.lru_cache(maxsize=512)
+def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tuple[int, ...]):
     """The block-sparse matmul with per-tile reduction lengths (TIR): parallel over (filter tile,
     batch tile), ``nt`` rows x ``ft`` filters of accumulators, the filter axis vectorised."""
     from tvm.script import tirx as T
 
     from .conv_kernel import const_table
 
+    counts = np.asarray(counts_key, dtype="int64")
     ft, nt = tile.ft, tile.nt
     fn = counts.shape[0]
     nb = n // nt

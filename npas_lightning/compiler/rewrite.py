@@ -225,13 +225,24 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
         def __init__(self, m):
             super().__init__(m)
             self.mod_ = m
+            self.kernels_: dict[int, list] = {}  # structural hash -> [(func, gv)]
 
         def transform(self):
             return rewrite_relax_functions(self)
 
         def _add_kernel(self, func, symbol):
-            func = func.with_attr("global_symbol", symbol).with_attr("op_pattern", 8).with_attr("npas.kernel", 1)
-            return self.builder_.add_func(func, symbol)
+            """Add a kernel, or reuse a structurally equal one (layers of the same shape, tile and
+            sparse structure share one function: less LLVM code generation)."""
+            import tvm_ffi
+
+            key = tvm_ffi.structural_hash(func)
+            for other, gv in self.kernels_.get(key, []):
+                if tvm_ffi.structural_equal(other, func):
+                    return gv
+            tagged = func.with_attr("global_symbol", symbol).with_attr("op_pattern", 8).with_attr("npas.kernel", 1)
+            gv = self.builder_.add_func(tagged, symbol)
+            self.kernels_.setdefault(key, []).append((func, gv))
+            return gv
 
         def _const(self, expr):
             """``expr`` itself or, for a variable bound to a constant, that constant."""
@@ -305,7 +316,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             xf = self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed)],
                                                   relax.TensorType((n, fp, g.mp), "float32")))
-            records.append(KernelRecord(idx, kind, module, symbol, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
+            records.append(KernelRecord(idx, kind, module, gv.name_hint, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
                                         packed))
             return self._crop(y, g, fp)
 
@@ -379,7 +390,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 relax.TensorType((g.n, fp, g.mp), "float32")))
             info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
                                 reorder=pk.order is not None)
-            records.append(KernelRecord(idx, "conv", module, symbol, shape, tile.to_dict(), tuned, weight,
+            records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
                                         pk.order, func))
             return self._crop(y, g, fp, pk.order)
@@ -425,7 +436,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             info = _sparse_info(scheme, kept.shape[1], density=density,
                                 kept=float((w2 != 0).mean()))
             info["block"] = block
-            records.append(KernelRecord(idx, "depthwise", module, symbol, shape, tile.to_dict(), tuned, weight,
+            records.append(KernelRecord(idx, "depthwise", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(_flops(g, "depthwise") * density)), packed, info, [shift], None, func))
             return self._crop(y, g, c)
 
@@ -442,7 +453,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             fp = -(-f // tile.ft) * tile.ft
             packed = pack_dense_weight(np.ascontiguousarray(weight_fc, dtype="float32"), tile.ft)
             y = self.builder_.emit(relax.call_tir(gv, [x, relax.const(packed)], relax.TensorType((n, fp), "float32")))
-            records.append(KernelRecord(idx, "dense", module, symbol, {"n": n, "c": c, "f": f}, tile.to_dict(),
+            records.append(KernelRecord(idx, "dense", module, gv.name_hint, {"n": n, "c": c, "f": f}, tile.to_dict(),
                                         tuned, np.ascontiguousarray(weight_fc), 2 * n * c * f, packed))
             if fp != f:
                 return relax.op.strided_slice(y, [1], [0], [f])
@@ -480,7 +491,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             y = self.builder_.emit(relax.call_tir(gv, [x, relax.const(pk.packed), relax.const(pk.kept)],
                                                   relax.TensorType((n, fp), "float32")))
             info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction)
-            records.append(KernelRecord(idx, "dense", module, symbol, shape, tile.to_dict(), tuned, w,
+            records.append(KernelRecord(idx, "dense", module, gv.name_hint, shape, tile.to_dict(), tuned, w,
                                         int(round(2 * n * c * f * pk.work_fraction)), pk.packed, info, [pk.kept], None,
                                         func))
             if fp != f:

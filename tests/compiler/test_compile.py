@@ -155,3 +155,15 @@ def test_repeated_local_measurements_reuse_the_loaded_library():
     second = compiled.measure(number=1, repeat=2, warmup=1)
     assert loaded is not None and compiled._local_loaded is loaded
     assert first.repeats == 1 and second.repeats == 2 and second.median_ms > 0
+
+
+def test_layers_of_equal_shape_share_one_kernel():
+    """Structurally equal kernels (same shape, tile and structure) are generated once and called twice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 8, 16, 16)
+    c = compile_model(model, x)
+    symbols = [k.symbol for k in c.kernels]
+    assert len(symbols) == 3 and symbols[0] == symbols[1] != symbols[2]
+    np.testing.assert_allclose(c.run(x).numpy(), model(x).detach().numpy(), rtol=1e-4, atol=1e-4)

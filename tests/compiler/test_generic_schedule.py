@@ -71,10 +71,27 @@ def test_even_rows_vectorise_the_row_loop():
     assert "T.vectorized(16)" in script
 
 
-@pytest.mark.parametrize("hw,vector", [(16, True), (7, False)])
+@pytest.mark.parametrize("hw,vector", [(16, True), (14, True), (7, False)])
 def test_global_average_pool_accumulates_in_vectors(hw, vector):
     x = te.placeholder((1, 10, hw, hw), name="x")
     out = topi.divide(topi.sum(x, axis=(2, 3), keepdims=True), float(hw * hw))
     script = _check([x], out)
     assert ("_rf" in script) is vector
     assert ("T.vectorized" in script) is vector
+
+
+def test_contiguous_plane_fuses_rows_to_vectorise():
+    """Padding only rows (a row of 14 does not divide by a vector, the 16x14 plane does): the copy
+    runs as vectors of 16 over the fused plane, because both sides are contiguous."""
+    x = te.placeholder((1, 6, 14, 14), name="x")
+    out = topi.nn.pad(x, [0, 0, 0, 0], [0, 0, 2, 0])
+    script = _check([x], out)
+    assert "T.vectorized(16)" in script
+
+
+def test_strided_columns_are_not_fused():
+    """A crop (row stride 18, row width 14) is not contiguous over the plane: rows stay serial."""
+    x = te.placeholder((1, 6, 14 * 18), name="x")
+    out = te.compute((1, 6, 14, 14), lambda n, c, h, w: x[n, c, h * 18 + w] * 2.0, name="crop")
+    script = _check([x], out)
+    assert "T.vectorized" not in script
