@@ -99,14 +99,21 @@ def onnxruntime_engine(model: nn.Module, x: np.ndarray, threads: int | None) -> 
 
 
 def measure_interleaved(engines: Sequence[Engine], *, number: int, repeat: int, warmup: int, threads: int | None,
-                        target: str, input_shape: Sequence[int]) -> dict[str, LatencyStats]:
-    """Time all engines in interleaved rounds; returns one :class:`LatencyStats` per engine name."""
+                        target: str, input_shape: Sequence[int], pause_s: float = 0.02) -> dict[str, LatencyStats]:
+    """Time all engines in interleaved rounds; returns one :class:`LatencyStats` per engine name.
+
+    ``pause_s`` passes between two engines' timings: ONNX Runtime's and TVM's thread pools spin
+    for a while after a run, and without a pause that spinning steals the cores from the next
+    engine (measured: a 32x32 efficientnet_b0 timed 2-3x slow right after ONNX Runtime)."""
+    import time
+
     for eng in engines:
         for _ in range(max(0, warmup)):
             eng.time(1)
     samples: dict[str, list[float]] = {e.name: [] for e in engines}
     for _ in range(repeat):
         for eng in engines:
+            time.sleep(pause_s)
             samples[eng.name].append(eng.time(number))
     out = {}
     for eng in engines:

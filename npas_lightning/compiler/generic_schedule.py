@@ -1,9 +1,11 @@
 """The schedule rule for every fused TIR function that is not a project kernel.
 
 Elementwise chains, padding/cropping, pooling, softmax and the SE block's reduce and gate: inline
-what can be inlined, then per remaining block parallelise the fused outer spatial loops and
-vectorise the innermost spatial loop (only when its extent divides by a vector width, so no
-predicated vector code is emitted). Reduction loops stay inside the parallel loop.
+what can be inlined, then per block run one channel plane per parallel iteration and vectorise a
+row only when its width divides by a vector width (or the whole plane when every access is
+contiguous over it), so no div/mod gathers or predicated vectors are emitted. A producer feeding a
+pad / stride-phase copy is computed inside that copy's channel loop; reductions accumulate in
+vector lanes (rfactor) where the plane allows.
 """
 
 from __future__ import annotations
@@ -171,9 +173,10 @@ def _schedule_spatial(sch, block, loops, lanes: int, min_parallel: int = 8, oute
     parallelised, widened inward until there are ``min_parallel`` iterations. Returns the
     parallel loop (or ``None``).
 
-    Loops are never fused to make a vector, and the parallel loop never takes the row loops: a
-    fused index turns every lane (and every row) into div/mod index arithmetic, measured 2-4x
-    slower than serial rows on efficientnet_b0's 56x56 ... 7x7 activations. ``outermost`` starts
+    Loops are fused to make a vector only over a contiguous plane (:func:`_fuse_contiguous_rows`),
+    and the parallel loop never takes the row loops: a fused index turns every lane (and every row)
+    into div/mod index arithmetic, measured 2-4x slower than serial rows on efficientnet_b0's
+    56x56 ... 7x7 activations. ``outermost`` starts
     from the first loop instead (a layout block whose producer is computed per channel: stride
     phases or a transposed axis must stay inside the channel's iteration).
     """
