@@ -8,6 +8,8 @@ faster than our dense model and >= 2.4x faster than ONNX Runtime's dense model.
     .venv/bin/python benchmarks/bench_sparse_models.py                       # both models, 224x224
     .venv/bin/python benchmarks/bench_sparse_models.py --models efficientnet_b0 --size 64 --rates 5
     .venv/bin/python benchmarks/bench_sparse_models.py --balanced            # balanced block rows
+
+Results go to ``benchmarks/results/bench_sparse_models[_balanced][_<size> unless 224].json``.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def main() -> None:
     rows: list[dict] = []
     for name in args.models:
         rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced)
-        path = write_results("bench_sparse_models" + ("_balanced" if args.balanced else ""), command,
+        name_suffix = ("_balanced" if args.balanced else "") + ("" if args.size == 224 else f"_{args.size}")
+        path = write_results("bench_sparse_models" + name_suffix, command,
                              {"threads": args.threads, "rows": rows})
     table = Table(title=f"uniform block-structured pruning, batch 1 @{args.size}, {args.threads} threads")
     for col in ("model", "plan", "ms", "vs our dense", "vs ORT dense", "ORT dense ms", "kernel work", "compile s",
