@@ -271,13 +271,7 @@ def plots(rows3b: list[dict], rows3a: list[dict], out_dir: Path) -> list[Path]:
     ax.plot([1, 10], [1, 10], "k:", lw=0.8, label="ideal (speedup = rate)")
     ax.set_xlabel("pruning rate (x)")
     ax.set_ylabel("speedup over the dense kernel (x)")
-    ax.set_title(f"Fig. 3b: {rows3b[0]['layer']}, project TVM kernels")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(out_dir / f"{NAME}_fig3b.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(plt, fig, ax, f"Fig. 3b: {rows3b[0]['layer']}, project TVM kernels", out_dir / f"{NAME}_fig3b.png"))
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for k in sorted({r["k"] for r in rows3a}):
         pts = sorted((r["macs"] / 1e6, r["ms"]) for r in rows3a if r["k"] == k)
@@ -285,14 +279,19 @@ def plots(rows3b: list[dict], rows3a: list[dict], out_dir: Path) -> list[Path]:
         ax.plot(*zip(*pts, strict=True), marker="o", label=f"{k}x{k} conv ({rate:.0f} GMAC/s median)")
     ax.set_xlabel("MACs (millions)")
     ax.set_ylabel("latency (ms)")
-    ax.set_title("Fig. 3a: dense conv latency vs MACs @56x56")
+    paths.append(_save(plt, fig, ax, "Fig. 3a: dense conv latency vs MACs @56x56", out_dir / f"{NAME}_fig3a.png"))
+    return paths
+
+
+def _save(plt, fig, ax, title: str, path: Path) -> Path:
+    """Title, grid and legend, then write ``path`` and close the figure."""
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    paths.append(out_dir / f"{NAME}_fig3a.png")
     fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return path
 
 
 def _fmt_block(r):

@@ -232,12 +232,7 @@ def const_table(index, values: np.ndarray):
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray):
     """:func:`_conv_counts_built`, memoised: TVMScript parsing costs ~30 ms a kernel, and layers of
     the same shape and balanced structure build the same function."""
-    key = tuple(int(v) for v in counts)
-    try:
-        hash(g)
-    except TypeError:  # a geometry built with list fields: build it without the memo
-        return _conv_counts_built.__wrapped__(g, tile, k, key)
-    return _conv_counts_built(g, tile, k, key)
+    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts))
 
 
 @functools.lru_cache(maxsize=512)
@@ -274,7 +269,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                         for v in T.vectorized(vw):
                             acc[fi, mi * vw + v] = T.float32(0)
                 cnt = T.alloc_buffer((1,), "int32", scope="local")
-                cnt[0] = const_table(fb, counts)  # a loop extent TVM cannot re-analyse: 8x faster build
+                cnt[0] = const_table(fb, counts)  # an extent TVM does not re-analyse: fast LLVM build
                 for rk in T.serial(cnt[0]):
                     for fi in T.unroll(ft):
                         for mi in T.unroll(mt):
@@ -305,9 +300,9 @@ L2_INPUT_BYTES = 1 << 20
 
 def pixel_outer(g: ConvGeometry) -> bool:
     """Loop order of the conv kernels: pixel chunks outside filter tiles when one image's input is
-    larger than :data:`L2_INPUT_BYTES` (every filter tile then reads a chunk that is in cache:
-    3x3 256->256 @56x56 measured 1.6x faster), else filter tiles outside (each parallel
-    iteration sweeps its pixels with its weights in L1: small-channel 1x1 convs up to 1.2x)."""
+    larger than :data:`L2_INPUT_BYTES` (every filter tile then reads a chunk that is in cache; see
+    the 3x3 256->256 @56x56 rows of ``benchmarks/bench_sparse_layers.py``), else filter tiles
+    outside (each parallel iteration sweeps its pixels with its weights in L1)."""
     return g.c * g.phases * g.plane * 4 > L2_INPUT_BYTES
 
 
@@ -401,8 +396,8 @@ def _schedule_depthwise(func, tile: ConvTile):
     n, c, m, *red = sch.get_loops(b)
     mo, mi, mv = sch.split(m, [None, tile.mt, tile.vw])
     sch.reorder(n, c, mo, *red, mi, mv)
-    # one channel plane per parallel iteration, its pixel chunks serial inside: measured 1.5-3x
-    # faster than parallelising over (channel, chunk) pairs (efficientnet_b0's depthwise layers)
+    # one channel plane per parallel iteration, its pixel chunks serial inside: faster than
+    # parallelising over (channel, chunk) pairs (depthwise rows of benchmarks/bench_compiler_layers.py)
     outer = sch.fuse(n, c)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")

@@ -137,7 +137,7 @@ def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tup
                 for j in T.vectorized(ft):
                     acc[ii, j] = T.float32(0)
             cnt = T.alloc_buffer((1,), "int32", scope="local")
-            cnt[0] = const_table(fb, counts)  # a loop extent TVM cannot re-analyse (fast LLVM build)
+            cnt[0] = const_table(fb, counts)  # an extent TVM does not re-analyse: fast LLVM build
             for rk in T.serial(cnt[0]):
                 for ii in T.unroll(nt):
                     for j in T.vectorized(ft):

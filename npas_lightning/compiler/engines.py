@@ -104,7 +104,7 @@ def measure_interleaved(engines: Sequence[Engine], *, number: int, repeat: int, 
 
     ``pause_s`` passes between two engines' timings: ONNX Runtime's and TVM's thread pools spin
     for a while after a run, and without a pause that spinning steals the cores from the next
-    engine (measured: a 32x32 efficientnet_b0 timed 2-3x slow right after ONNX Runtime)."""
+    engine (our dense models timed right after ONNX Runtime were 10-50% slow without it)."""
     for eng in engines:
         for _ in range(max(0, warmup)):
             eng.time(1)

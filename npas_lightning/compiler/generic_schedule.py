@@ -150,8 +150,8 @@ def _contiguous_rows(stmt, outer_var, inner_var, inner_extent: int) -> bool:
 def _fuse_contiguous_rows(sch, block, loops, lanes: int, min_width: int = 8) -> list:
     """Fuse the last two loops (rows x columns of a plane) when the row does not divide by a vector
     width, the plane divides by 8 or more lanes, and every access is contiguous over the plane
-    (padding only rows: 16x14 copies as 14 vectors of 16). 4-lane vectors over a fused plane were
-    measured slower than LLVM's own vectorisation of the serial 14-wide rows, so they are not made."""
+    (padding only rows: 16x14 copies as 14 vectors of 16). 4-lane vectors over a fused plane are
+    not made: LLVM's own vectorisation of the serial 14-wide rows was as fast or faster."""
     if len(loops) < 2 or _vector_width(_extent(sch, loops[-1]), lanes) is not None:
         return list(loops)
     stmt = sch.get(block)
@@ -175,8 +175,8 @@ def _schedule_spatial(sch, block, loops, lanes: int, min_parallel: int = 8, oute
 
     Loops are fused to make a vector only over a contiguous plane (:func:`_fuse_contiguous_rows`),
     and the parallel loop never takes the row loops: a fused index turns every lane (and every row)
-    into div/mod index arithmetic, measured 2-4x slower than serial rows on efficientnet_b0's
-    56x56 ... 7x7 activations. ``outermost`` starts
+    into div/mod index arithmetic, slower than serial rows on every efficientnet_b0 activation
+    tried (``benchmarks/bench_function_breakdown.py`` times each function). ``outermost`` starts
     from the first loop instead (a layout block whose producer is computed per channel: stride
     phases or a transposed axis must stay inside the channel's iteration).
     """
@@ -212,9 +212,9 @@ def _compute_at_plane(sch, block, consumer_loop, lanes: int) -> bool:
 def _rfactor_lanes(sch, block, s_loops, r_loops, lanes: int):
     """Vector accumulators for a reduction (a global average pool: one serial add chain per channel
     is bound by the add latency). The reduction's innermost loop is split by a vector width and the
-    lanes become a spatial axis of an rfactor block, summed at the end (56x56 planes: 4x faster).
-    Contiguous planes whose row does not divide (14x14) are fused first (3.5x faster); 7x7 planes
-    stay serial (separate scalar chains measured no faster). Returns ``(rf_block, loop)`` for
+    lanes become a spatial axis of an rfactor block, summed at the end. Contiguous planes whose row
+    does not divide (14x14) are fused first; 7x7 planes stay serial (separate scalar chains were no
+    faster). Returns ``(rf_block, loop)`` for
     :func:`decompose_reduction`, or ``None`` when it does not apply."""
     width = _vector_width(_extent(sch, r_loops[-1]), lanes)
     if width is None and len(r_loops) >= 2:

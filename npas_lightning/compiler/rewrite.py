@@ -121,8 +121,8 @@ class TilePlanner:
 
     def depthwise_pixel_tile(self, kh: int, m: int) -> int:
         """Untuned pixel tile of a depthwise kernel: 4 vectors for 5x5 and larger kernels (25 taps
-        amortise the longer chunk), 1 for 3x3 (measured: 1.1-1.4x faster each way on
-        efficientnet_b0's layers)."""
+        amortise the longer chunk), 1 for 3x3 (the faster of the two on efficientnet_b0's layers
+        when both were timed)."""
         return 4 if kh >= 5 and 4 * self.lanes <= m else 1
 
     def conv_pixel_tiles(self, m: int) -> list[int]:

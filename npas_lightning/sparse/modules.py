@@ -84,6 +84,16 @@ class _SparseBase(nn.Module):
     def _dense2d(self) -> Tensor:
         return dense_from_compact(self.values, self.index, self._reduction)
 
+    def _filled(self, layer: nn.Conv2d | nn.Linear):
+        """``layer`` (freshly built, same shapes) holding :meth:`dense_weight`, the bias and the
+        train/eval mode of this module."""
+        with torch.no_grad():
+            layer.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        layer.train(self.training)
+        return layer
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         # a checkpoint's compact tensors define the structure: adopt their K (kept count per row)
         for name in ("values", "index"):
@@ -159,16 +169,10 @@ class SparseConv2d(_SparseBase):
 
     def to_dense(self) -> nn.Conv2d:
         """An equivalent ``nn.Conv2d`` (same device and dtype) holding :meth:`dense_weight`."""
-        conv = nn.Conv2d(
+        return self._filled(nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
             groups=self.groups, bias=self.bias is not None, device=self.values.device, dtype=self.values.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        conv.train(self.training)
-        return conv
+        ))
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.npas.sparse_conv2d(
@@ -217,14 +221,8 @@ class SparseLinear(_SparseBase):
 
     def to_dense(self) -> nn.Linear:
         """An equivalent ``nn.Linear`` (same device and dtype) holding :meth:`dense_weight`."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        linear.train(self.training)
-        return linear
+        return self._filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                                      device=self.values.device, dtype=self.values.dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.npas.sparse_linear(x, self.values, self.index, self.bias, self.in_features)

@@ -319,16 +319,15 @@ def test_conv_loop_orders_match_torch(monkeypatch, outer, counts):
     import npas_lightning.compiler.conv_kernel as ck
 
     monkeypatch.setattr(ck, "L2_INPUT_BYTES", 0 if outer == "pixels" else 1 << 40)
-    g = ConvGeometry.make(2, 6, 10, 9, 13, (3, 3), 1, (1, 1, 1, 1), pixels=32)
+    tile = ConvTile(4, 2, 16)
+    g = ConvGeometry.make(2, 6, 10, 9, 13, (3, 3), 1, (1, 1, 1, 1), pixels=tile.pixels)
     assert ck.pixel_outer(g) is (outer == "pixels")
     wt = _masked((13, 6, 3, 3), "block_punched", 3.0, seed=5, block=(4, 2))
     x = np.random.default_rng(1).standard_normal((2, 6, 10, 9)).astype("float32")
     ref = _ref_conv(x, wt, 1, (1, 1, 1, 1))
-    out = _run_sparse_conv(x, wt, 1, (1, 1, 1, 1), ConvTile(4, 2, 16), counts=counts)
+    out = _run_sparse_conv(x, wt, 1, (1, 1, 1, 1), tile, counts=counts)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
-    tile = ConvTile(4, 2, 16)
-    gd = ConvGeometry.make(2, 6, 10, 9, 13, (3, 3), 1, (1, 1, 1, 1), pixels=tile.pixels)
-    lib = tvm.tirx.build(conv_primfunc(gd, tile), target=TARGET)
-    y = tvm.runtime.empty((2, 16, gd.mp), "float32", DEV)
-    lib(*_tensors(planes_from_nchw(x, gd), pack_conv_weight(wt, 4)), y)
-    np.testing.assert_allclose(nchw_from_planes(y.numpy(), gd), ref, rtol=1e-4, atol=1e-4)
+    lib = tvm.tirx.build(conv_primfunc(g, tile), target=TARGET)  # the dense kernel, same loop order
+    y = tvm.runtime.empty((2, 16, g.mp), "float32", DEV)
+    lib(*_tensors(planes_from_nchw(x, g), pack_conv_weight(wt, 4)), y)
+    np.testing.assert_allclose(nchw_from_planes(y.numpy(), g), ref, rtol=1e-4, atol=1e-4)
