@@ -146,7 +146,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
-                  counts: np.ndarray | None = None):
+                  counts: np.ndarray | None = None, epilogue: str | None = None):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -158,6 +158,10 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     real, the rest being padding; ``SparsePacking.counts``) bakes the per-tile counts into the kernel
     as constants so each filter tile stops at its own count instead of the padded ``K``: same
     arguments and buffers, less work when tiles keep different numbers of entries.
+
+    ``epilogue`` (optional, one of :data:`~npas_lightning.compiler.epilogue.ACTIVATIONS`) adds a
+    bias buffer ``B[Fn*ft]`` (per filter slot) just before ``Y``, and the kernel stores
+    ``act(conv + B)`` from its accumulators (see :mod:`npas_lightning.compiler.epilogue`).
     """
     from tvm import te
 
@@ -170,7 +174,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         counts = check_counts(counts, kept.shape)
         chan = (kept // (g.kh * g.kw)).astype("int32")
         shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
-        return _conv_counts_primfunc(g, tile, kept.shape[1], counts), (chan, shift)
+        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue), (chan, shift)
     x = te.placeholder((g.n, g.c, g.phases * g.plane), name="X")
     s, L, wq = g.stride, g.plane, g.wq
     if kept is None:
@@ -198,8 +202,8 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
             return te.sum(w[fb, rk, f % ft] * x[n, cb[fb, rk], sb[fb, rk] + m], axis=[rk])
 
     y = te.compute((g.n, fn * ft, g.mp), body, name="conv")
-    args = [x, w, y] if kept is None else [x, w, cb, sb, y]
-    func = te.create_prim_func(args)
+    args = [x, w] if kept is None else [x, w, cb, sb]
+    func = te.create_prim_func(_with_epilogue(args, y, epilogue))
     func = _schedule_conv(func, tile, unroll_kernel=kept is None, pixels_outer=pixel_outer(g))
     if kept is not None:
         return func, (chan, shift)
@@ -229,18 +233,38 @@ def const_table(index, values: np.ndarray):
     return expr
 
 
-def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray):
+def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None):
     """:func:`_conv_counts_built`, memoised: TVMScript parsing costs ~30 ms a kernel, and layers of
     the same shape and balanced structure build the same function."""
-    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts))
+    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue)
+
+
+def _with_epilogue(args: list, y, epilogue: str | None) -> list:
+    """TE arguments of a kernel computing ``y``: ``[*args, y]``, or with an epilogue
+    ``[*args, B, act(y + B)]`` (``B`` per filter slot, axis 1 of ``y``)."""
+    if epilogue is None:
+        return [*args, y]
+    from tvm import te
+
+    from .epilogue import activation_expr
+
+    b = te.placeholder((y.shape[1],), name="B")
+    out = te.compute(y.shape, lambda n, f, m: activation_expr(epilogue, y[n, f, m] + b[f]), name="epilogue")
+    return [*args, b, out]
 
 
 @functools.lru_cache(maxsize=512)
-def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...]):
+def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
+                       epilogue: str | None = None):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers."""
     from tvm.script import tirx as T
+
+    from .epilogue import activation_expr
+
+    def store(acc, b):  # what the kernel writes: the accumulator, or act(accumulator + bias)
+        return acc if epilogue is None else activation_expr(epilogue, acc + b)
 
     counts = np.asarray(counts_key, dtype="int64")
     ft, mt, vw = tile.ft, tile.mt, tile.vw
@@ -255,7 +279,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
 
     @T.prim_func
     def main(X: T.Buffer((n_, c_, pl), "float32"), W: T.Buffer((fn, k, ft), "float32"),
-             Kc: T.Buffer((fn, k), "int32"), Ks: T.Buffer((fn, k), "int32"),
+             Kc: T.Buffer((fn, k), "int32"), Ks: T.Buffer((fn, k), "int32"), B: T.Buffer((fn * ft,), "float32"),
              Y: T.Buffer((n_, fn * ft, mp), "float32")):
         T.func_attr({"tirx.noalias": True})
         for t in T.parallel(n_ * outer_n):
@@ -279,8 +303,15 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                 for fi in T.unroll(ft):
                     for mi in T.unroll(mt):
                         for v in T.vectorized(vw):
-                            Y[n, fb * ft + fi, m0 + mi * vw + v] = acc[fi, mi * vw + v]
-    return main
+                            Y[n, fb * ft + fi, m0 + mi * vw + v] = store(acc[fi, mi * vw + v], B[fb * ft + fi])
+    return main if epilogue else _drop_param(main, "B")
+
+
+def _drop_param(func, name: str):
+    """``func`` without its (unused) buffer parameter ``name``."""
+    from tvm import tirx
+
+    return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)
 
 
 def _check_rows_kept(kept, fn: int, r: int, what: str) -> np.ndarray:
@@ -321,6 +352,7 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
     outer = sch.fuse(n, first)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
+    _inline_epilogue(sch)
     sch.reverse_compute_at(cw, second)
     if unroll_kernel:
         for r in red[1:]:
@@ -336,7 +368,17 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
     return sch.mod["main"]
 
 
-def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None, block: int = 1):
+def _inline_epilogue(sch) -> None:
+    """Fold the ``epilogue`` block (if any) into the accumulators' copy-out (after ``cache_write``)."""
+    try:
+        block = sch.get_sblock("epilogue")
+    except Exception:  # noqa: BLE001 - no epilogue in this kernel
+        return
+    sch.reverse_compute_inline(block)
+
+
+def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None, block: int = 1,
+                       epilogue: str | None = None):
     """Scheduled depthwise PrimFunc ``(X[N,C,P*L], W[C,KH*KW], Y[N,C,Mp])``.
 
     ``kept`` (optional, ``[ceil(C/block), K]`` int32 kernel positions ``kh*KW + kw`` per block of
@@ -344,6 +386,8 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
     :func:`npas_lightning.compiler.sparse_pack.pack_sparse_depthwise`) makes the kernel read only the
     kept positions: the PrimFunc is then ``(X, W[C,K], Ks[Cb,K] int32 shifts, Y)`` and the call
     returns ``(func, shifts)`` with the shift buffer to pass as ``Ks``.
+
+    ``epilogue`` adds a bias buffer ``B[C]`` before ``Y``, as in :func:`conv_primfunc`.
     """
     from tvm import te
 
@@ -370,7 +414,7 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
             return te.sum(w[c, rk] * x[n, c, sb[c // block, rk] + m], axis=[rk])
         args = [x, w, sb]
     y = te.compute((g.n, g.c, g.mp), body, name="dwconv")
-    func = _schedule_depthwise(te.create_prim_func([*args, y]), tile)
+    func = _schedule_depthwise(te.create_prim_func(_with_epilogue(args, y, epilogue)), tile)
     return func if kept is None else (func, shift)
 
 
@@ -401,6 +445,7 @@ def _schedule_depthwise(func, tile: ConvTile):
     outer = sch.fuse(n, c)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
+    _inline_epilogue(sch)
     sch.reverse_compute_at(cw, mo)
     for r in red:
         sch.unroll(r)

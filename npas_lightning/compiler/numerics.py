@@ -19,6 +19,7 @@ from .conv_kernel import (
     planes_from_nchw,
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
+from .epilogue import apply_epilogue, kernel_bias
 from .errors import NumericsError
 
 __all__ = ["check_numerics", "check_kernel", "compare"]
@@ -36,16 +37,16 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     """Build one project kernel standalone with the packed weights (and, for a block-sparse kernel,
-    the index buffers) the graph embeds and compare it with PyTorch (the layer's BN-folded weight,
-    zeros where pruned) on random data."""
+    the index buffers; for a kernel with an epilogue, the bias) the graph embeds and compare it with
+    PyTorch (the layer's BN-folded weight, zeros where pruned, then bias and activation) on random data."""
     rng = np.random.default_rng(seed)
     s = record.shape
-    sparse = record.func is not None
+    built = record.func is not None  # sparse kernels and kernels with an epilogue keep their PrimFunc
     if record.kind == "dense":
         n, c, f = s["n"], s["c"], s["f"]
         tile = DenseTile(**record.tile)
         x = rng.standard_normal((n, c)).astype("float32")
-        if sparse:
+        if built:
             func, weights = record.func, [record.packed, *record.buffers]
         else:
             func = dense_primfunc(n, c, f, tile)
@@ -60,15 +61,18 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     depthwise = record.kind == "depthwise"
     ref = torch.nn.functional.conv2d(xt, torch.from_numpy(record.weight), stride=g.stride,
                                      groups=g.c if depthwise else 1).numpy()
-    if sparse:
+    if built:
         func, weights = record.func, [record.packed, *record.buffers]
     elif depthwise:
         func, weights = depthwise_primfunc(g, tile), [pack_depthwise_weight(record.weight)]
     else:
         func, weights = conv_primfunc(g, tile), [pack_conv_weight(record.weight, tile.ft)]
-    if record.packed is not None and not sparse:  # check the weights the compiled graph really embeds
+    if record.packed is not None and not built:  # check the weights the compiled graph really embeds
         weights = [record.packed]
     fp = g.c if depthwise else weights[0].shape[0] * tile.ft
+    if record.epilogue is not None:  # the kernel adds the bias and applies the activation itself
+        weights.append(kernel_bias(record.bias, fp, record.order))
+        ref = apply_epilogue(ref, record.bias, record.epilogue)
     out = _run(func, target, [planes_from_nchw(x, g), *weights], (g.n, fp, g.mp))
     if record.order is not None:  # filter slots back to the model's order
         out = out[:, np.argsort(record.order)]

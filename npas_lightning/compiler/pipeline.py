@@ -42,6 +42,7 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
     cpu_kernels = schedule and spec.device == "cpu" and planner is not None
     if cpu_kernels:
         mod, records = rewrite_kernels(mod, planner, names, sparse_layers)
+        mod = relax.transform.CanonicalizeBindings()(mod)  # the aliases the epilogue rewrite leaves
         mod = fast_math(mod)
     timings["rewrite_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -1,6 +1,8 @@
 """Relax graph rewrite: conv2d / depthwise conv2d / matmul calls -> the project's scheduled kernels.
 
-Every matched call becomes ``layout ops -> call_tir(kernel) -> crop ops``; the kernel PrimFunc
+Every matched call becomes ``layout ops -> call_tir(kernel) -> crop ops``. A conv followed by its
+(BN-folded) bias add and activation takes them into the kernel (:mod:`.epilogue`): the kernel stores
+``act(conv + bias)`` and the bias/activation calls drop out of the graph. The kernel PrimFunc
 carries its own ``global_symbol`` and ``op_pattern = 8`` (opaque, so fusion never swallows it) and
 ``npas.kernel = 1`` (so the generic schedule rule leaves it alone). The layout and crop ops are
 ordinary injective Relax ops that fusion merges into the neighbouring elementwise functions.
@@ -23,6 +25,7 @@ from .conv_kernel import (
     pack_depthwise_weight,
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
+from .epilogue import EpilogueChain, find_epilogues, kernel_bias
 from .relax_utils import rewrite_relax_functions
 from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
@@ -51,8 +54,13 @@ class KernelRecord:
     buffers: list[np.ndarray] = field(default_factory=list, repr=False)
     #: filter slot -> original filter (``None`` = identity), for kernels that reorder filters
     order: np.ndarray | None = field(default=None, repr=False)
-    #: sparse layers: the scheduled PrimFunc (rebuilt alone by the per-layer numerics check)
+    #: the scheduled PrimFunc (built alone by the per-layer numerics check); dense kernels without
+    #: an epilogue leave it None (the check rebuilds them from the tile)
     func: Any = field(default=None, repr=False)
+    #: activation the kernel applies after adding ``bias`` (``None``: the kernel stores the raw conv)
+    epilogue: str | None = None
+    #: the layer's bias in model filter order (with ``epilogue``)
+    bias: np.ndarray | None = field(default=None, repr=False)
 
 
 def time_conv_tile(target, kind: str, g: ConvGeometry, tile: ConvTile, *, number: int = 5, repeat: int = 3) -> float:
@@ -195,6 +203,13 @@ def _sparse_info(scheme: str, k: int, *, density: float, kept: float,
             "speedup_bound": round(1.0 / max(float(density), 1e-9), 2)}
 
 
+def _bias_args(chain: EpilogueChain | None, slots: int, order: np.ndarray | None = None) -> list:
+    """The kernel's bias argument (in its filter slots) when it computes ``chain``, else none."""
+    from tvm import relax
+
+    return [] if chain is None else [relax.const(kernel_bias(chain.bias, slots, order))]
+
+
 def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]] | None = None,
                     sparse_layers: dict[str, str] | None = None):
     """Rewrite ``mod['main']``; returns ``(new_mod, records)``.
@@ -226,8 +241,14 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             super().__init__(m)
             self.mod_ = m
             self.kernels_: dict[int, list] = {}  # structural hash -> [(func, gv)]
+            # conv call -> its bias/activation chain; chain calls taken into a kernel -> the kernel's output
+            self.chains_: dict[Any, EpilogueChain] = {}
+            self.fused_: dict[Any, Any] = {}
 
         def transform(self):
+            for _, func in self.mod_.functions_items():
+                if isinstance(func, relax.Function):
+                    self.chains_.update(find_epilogues(func))
             return rewrite_relax_functions(self)
 
         def _add_kernel(self, func, symbol):
@@ -255,11 +276,22 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             return expr
 
         def visit_call_(self, call):
+            fused = self.fused_.get(call)
+            if fused is not None:  # a bias add / activation the kernel now computes
+                return fused
+            chain = self.chains_.get(call)
             call = self.visit_expr_post_order(call)
             if call.op == op_conv:
                 module = module_for("conv2d")
-                new = self._conv(call, module)
-                return call if new is None else new
+                new = self._conv(call, module, chain)
+                if new is None:
+                    return call
+                expr, took_chain = new
+                if not took_chain:
+                    return expr
+                out = self.builder_.emit(expr)
+                self.fused_.update({member: out for member in chain.members})
+                return out
             if call.op == op_matmul:
                 w = self._const(call.args[1])
                 xs = _shape(call.args[0])
@@ -269,7 +301,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             return call
 
         # -- conv ---------------------------------------------------------------------------
-        def _conv(self, call, module):
+        def _conv(self, call, module, chain: EpilogueChain | None = None):
+            """``(expr, took_chain)``, or None when the conv is left to TVM. ``took_chain``: the kernel
+            computes ``chain``'s bias and activation (1x1 convs on a 1x1 input run as a dense kernel
+            and leave them to the graph)."""
             x, w = call.args[0], self._const(call.args[1])
             a = call.attrs
             xs, ws = _shape(x), _shape(w)
@@ -288,7 +323,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             scheme = sparse.get(module)
             if groups == 1 and kh == kw == 1 and stride == 1 and pad == (0, 0, 0, 0) and h * wd == 1:
                 y = self._dense(self.builder_.emit(relax.op.reshape(x, (n, c))), weight.reshape(f, c), module, scheme)
-                return relax.op.reshape(y, (n, f, 1, 1))
+                return relax.op.reshape(y, (n, f, 1, 1)), False
             if groups == 1:
                 kind = "conv"
             elif groups == c == f and cg == 1:
@@ -300,25 +335,29 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             def geom(t: ConvTile) -> ConvGeometry:
                 return ConvGeometry.make(n, c, h, wd, f, (kh, kw), stride, pad, pixels=t.pixels)
 
+            act = chain.act if chain is not None else None
             if scheme is not None:
                 if kind == "depthwise":
-                    return self._sparse_depthwise(x, weight, shape, geom, module, scheme)
-                return self._sparse_conv(x, weight, shape, geom, module, scheme)
+                    return self._sparse_depthwise(x, weight, shape, geom, module, scheme, chain), act is not None
+                return self._sparse_conv(x, weight, shape, geom, module, scheme, chain), act is not None
             tile, tuned = planner.conv_tile(kind, shape, geom)
             g = geom(tile)
             idx = len(records)
             symbol = f"npas_{kind}_{idx}"
             if kind == "conv":
-                func, packed, fp = conv_primfunc(g, tile), pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
+                func = conv_primfunc(g, tile, epilogue=act)
+                packed, fp = pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
             else:
-                func, packed, fp = depthwise_primfunc(g, tile), pack_depthwise_weight(weight), c
+                func, packed, fp = depthwise_primfunc(g, tile, epilogue=act), pack_depthwise_weight(weight), c
             gv = self._add_kernel(func, symbol)
             xf = self._to_planes(x, g)
-            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed)],
+            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), *_bias_args(chain, fp)],
                                                   relax.TensorType((n, fp, g.mp), "float32")))
             records.append(KernelRecord(idx, kind, module, gv.name_hint, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
-                                        packed))
-            return self._crop(y, g, fp)
+                                        packed, func=func if act else None, epilogue=act,
+                                        bias=chain.bias if act else None))
+            return self._crop(y, g, fp), act is not None
+
 
         def _to_planes(self, x, g: ConvGeometry):
             """pad -> (stride phases) -> flat rows. The last flattening is a zero-copy VM reshape
@@ -349,7 +388,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             return y
 
         # -- sparse conv / depthwise ------------------------------------------------------------
-        def _sparse_conv(self, x, weight, shape, geom, module, scheme):
+        def _sparse_conv(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None):
             """Block-sparse conv: per filter tile, only the kept reduction entries (compact weights +
             channel/shift index buffers); pattern layers reorder filters so similar kernels share tiles."""
             f = weight.shape[0]
@@ -379,23 +418,26 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                                       fixed_args={1: pk.packed, 2: chan, 3: shift})
 
             tile, tuned = planner.sparse_tile("conv", shape, structure_digest(w2d != 0, scheme), cands, default, run)
-            g, pk, func, chan, shift = build(tile)
+            act = chain.act if chain is not None else None
+            g, pk = geom(tile), packs[tile.ft]
+            func, (chan, shift) = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=act)
             idx = len(records)
             symbol = f"npas_sparse_conv_{idx}"
             gv = self._add_kernel(func, symbol)
             fp = pk.packed.shape[0] * tile.ft
             xf = self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(
-                gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift)],
+                gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift),
+                     *_bias_args(chain, fp, pk.order)],
                 relax.TensorType((g.n, fp, g.mp), "float32")))
             info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
                                 reorder=pk.order is not None)
             records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
-                                        pk.order, func))
+                                        pk.order, func, act, chain.bias if act else None))
             return self._crop(y, g, fp, pk.order)
 
-        def _sparse_depthwise(self, x, weight, shape, geom, module, scheme):
+        def _sparse_depthwise(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None):
             """Depthwise conv that reads only the kept kernel positions of each channel block."""
             c = weight.shape[0]
             w2 = pack_depthwise_weight(weight)
@@ -426,18 +468,22 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             tile, tuned = planner.sparse_tile("depthwise", shape, structure_digest(w2 != 0, scheme), cands,
                                               default, run)
-            g, func, shift = build(tile)
+            act = chain.act if chain is not None else None
+            g = geom(tile)
+            func, shift = depthwise_primfunc(g, tile, kept, block, epilogue=act)
             idx = len(records)
             symbol = f"npas_sparse_depthwise_{idx}"
             gv = self._add_kernel(func, symbol)
             xf = self._to_planes(x, g)
-            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), relax.const(shift)],
+            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), relax.const(shift),
+                                                       *_bias_args(chain, c)],
                                                   relax.TensorType((g.n, c, g.mp), "float32")))
             info = _sparse_info(scheme, kept.shape[1], density=density,
                                 kept=float((w2 != 0).mean()))
             info["block"] = block
             records.append(KernelRecord(idx, "depthwise", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
-                                        int(round(_flops(g, "depthwise") * density)), packed, info, [shift], None, func))
+                                        int(round(_flops(g, "depthwise") * density)), packed, info, [shift], None, func,
+                                        act, chain.bias if act else None))
             return self._crop(y, g, c)
 
         # -- dense --------------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""Epilogues: the bias add and activation that follow a conv, computed in the kernel's output tile.
+
+After BN folding every conv is ``conv -> add(bias) -> activation``. Left to Relax, the bias and the
+activation run in a separate fused function that re-reads the whole output, and for planes whose
+rows do not divide by the vector width (14x14, 7x7) that function runs scalar: computing SiLU there
+cost up to 10x the crop it is fused with (``benchmarks/bench_function_breakdown.py``). In the kernel
+they run on the accumulator vectors just before the store.
+
+:func:`find_epilogues` finds those chains in a Relax function; :func:`activation_expr` builds the
+activation as a TIR expression for the kernels; :func:`apply_epilogue` is the NumPy reference.
+
+Example:
+    >>> import numpy as np
+    >>> apply_epilogue(np.array([[[-1.0, 2.0]]]), np.array([0.5]), "relu").tolist()
+    [[[0.0, 2.5]]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ACTIVATIONS", "EpilogueChain", "activation_expr", "apply_epilogue", "fast_exp", "find_epilogues",
+           "kernel_bias"]
+
+#: activations a kernel can apply after its bias ("none": bias only)
+ACTIVATIONS = ("none", "relu", "silu", "hardswish")
+
+# Cephes expf: exp(x) = 2^n * P(r), r = x - n ln2, |r| <= ln2/2 (the constants TOPI's fast_exp uses)
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+_EXP_CLAMP = 88.3762626647949
+_LOG2E = 1.44269504088896341
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4  # ln 2 in two parts (Cody-Waite): exact n * _LN2_HI
+
+
+def fast_exp(x):
+    """``exp(x)`` for a float32 TIR expression as a vectorisable polynomial (relative error ~1e-7);
+    inputs are clamped to +-88.38, so it saturates to ~2.4e38 and to 0 instead of overflowing."""
+    from tvm import tirx
+
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    x = tirx.max(tirx.min(x, f32(_EXP_CLAMP)), f32(-_EXP_CLAMP))
+    n = tirx.floor(x * f32(_LOG2E) + f32(0.5))
+    r = x - n * f32(_LN2_HI) - n * f32(_LN2_LO)
+    p = f32(_EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        p = p * r + f32(c)
+    y = p * r * r + r + f32(1.0)
+    two_n = tirx.reinterpret("float32", tirx.shift_left(n.astype("int32") + 127, 23))
+    return y * two_n
+
+
+def activation_expr(act: str, z):
+    """``act(z)`` as a TIR expression (``z`` already holds the bias)."""
+    from tvm import tirx
+
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    if act == "none":
+        return z
+    if act == "relu":
+        return tirx.max(z, f32(0.0))
+    if act == "silu":
+        return z / (f32(1.0) + fast_exp(-z))
+    if act == "hardswish":
+        return z * tirx.min(tirx.max(z + f32(3.0), f32(0.0)), f32(6.0)) / f32(6.0)
+    raise ValueError(f"act={act!r}: expected one of {ACTIVATIONS}")
+
+
+def apply_epilogue(y: np.ndarray, bias: np.ndarray, act: str) -> np.ndarray:
+    """NumPy reference: ``act(y + bias)`` with ``bias`` per channel (axis 1)."""
+    z = y + np.asarray(bias, dtype=y.dtype).reshape((1, -1) + (1,) * (y.ndim - 2))
+    if act == "none":
+        return z
+    if act == "relu":
+        return np.maximum(z, 0)
+    if act == "silu":
+        return z / (1 + np.exp(-np.clip(z, -_EXP_CLAMP, _EXP_CLAMP)))
+    if act == "hardswish":
+        return z * np.clip(z + 3, 0, 6) / 6
+    raise ValueError(f"act={act!r}: expected one of {ACTIVATIONS}")
+
+
+def kernel_bias(bias: np.ndarray, slots: int, order: np.ndarray | None = None) -> np.ndarray:
+    """The bias in a kernel's filter slots: slot ``j`` holds filter ``order[j]`` (identity when
+    ``order`` is None); slots past the real filters (tile padding) get 0."""
+    b = np.asarray(bias, dtype="float32").reshape(-1)
+    out = np.zeros(slots, dtype="float32")
+    out[: b.size] = b if order is None else b[np.asarray(order)]
+    return out
+
+
+@dataclass
+class EpilogueChain:
+    """A conv's bias + activation: ``members`` are the Relax calls the kernel takes over."""
+
+    act: str
+    bias: np.ndarray = field(repr=False)  # [F] float32
+    members: list[Any] = field(default_factory=list, repr=False)
+
+
+def find_epilogues(func) -> dict[Any, EpilogueChain]:
+    """Map each ``relax.nn.conv2d`` call of ``func`` that is followed by a per-channel constant bias
+    add (and optionally ReLU, SiLU = ``x * sigmoid(x)`` or hard-swish = ``x * clip(x + 3, 0, 6) / 6``)
+    to its :class:`EpilogueChain`. Only chains whose intermediate values have no other use qualify."""
+    from tvm import relax
+    from tvm.ir.expr import Constant
+
+    bound: dict[Any, Any] = {}
+    uses: dict[Any, list[Any]] = {}
+    order: list[Any] = []
+
+    def count(expr, user) -> None:
+        def visit(e):
+            if isinstance(e, relax.Var):
+                uses.setdefault(e, []).append(user)
+        relax.analysis.post_order_visit(expr, visit)
+
+    body = func.body
+    for block in body.blocks:
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                bound[b.var] = b.value
+                order.append(b.var)
+                count(b.value, b.var)
+    count(body.body, None)
+
+    def op(var) -> str:
+        v = bound.get(var)
+        return v.op.name if isinstance(v, relax.Call) and hasattr(v.op, "name") else ""
+
+    def only_user(var):
+        u = uses.get(var, [])
+        return u[0] if len(u) == 1 and u[0] is not None else None
+
+    def const_value(expr) -> np.ndarray | None:
+        if isinstance(expr, relax.Var):
+            expr = bound.get(expr, expr)
+        return expr.value.numpy() if isinstance(expr, Constant) else None
+
+    def is_scalar(expr, value: float) -> bool:
+        v = const_value(expr)
+        return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == value
+
+    chains: dict[Any, EpilogueChain] = {}
+    for var in order:
+        conv = bound[var]
+        if op(var) != "relax.nn.conv2d":
+            continue
+        add = only_user(var)
+        if add is None or op(add) != "relax.add":
+            continue
+        a0, a1 = bound[add].args
+        other = a1 if a0.same_as(var) else a0
+        f = _shape_of(var)
+        bias = const_value(other)
+        if f is None or bias is None or bias.size != f[1] or _shape_of(other) not in ([1, f[1], 1, 1], [f[1], 1, 1]):
+            continue
+        members = [bound[add]]
+        act = _match_activation(add, uses, bound, op, only_user, is_scalar, members)
+        chains[conv] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members)
+    return chains
+
+
+def _match_activation(z, uses, bound, op, only_user, is_scalar, members: list) -> str:
+    """The activation applied to ``z`` (appending its calls to ``members``), else ``"none"``."""
+    users = [u for u in uses.get(z, []) if u is not None]
+    if len(users) == 1 and op(users[0]) == "relax.nn.relu" and len(uses.get(z, [])) == 1:
+        members.append(bound[users[0]])
+        return "relu"
+    if len(users) != 2 or len(uses.get(z, [])) != 2:
+        return "none"
+    by_op = {op(u): u for u in users}
+    if set(by_op) == {"relax.sigmoid", "relax.multiply"}:
+        sig, mul = by_op["relax.sigmoid"], by_op["relax.multiply"]
+        args = list(bound[mul].args)
+        if only_user(sig) is mul and any(a.same_as(z) for a in args) and any(a.same_as(sig) for a in args):
+            members += [bound[sig], bound[mul]]
+            return "silu"
+        return "none"
+    if set(by_op) == {"relax.add", "relax.multiply"}:
+        plus, mul = by_op["relax.add"], by_op["relax.multiply"]
+        if not any(is_scalar(a, 3.0) for a in bound[plus].args):
+            return "none"
+        clips, lo, hi, cur = [], -np.inf, np.inf, only_user(plus)
+        while cur is not None and op(cur) == "relax.clip":
+            clips.append(cur)
+            _, a_min, a_max = bound[cur].args
+            lo, hi = max(lo, _number(a_min)), min(hi, _number(a_max))
+            cur = only_user(cur)
+        div = only_user(mul)
+        args = list(bound[mul].args)
+        if not clips or (lo, hi) != (0.0, 6.0) or cur is not mul or div is None or op(div) != "relax.divide" \
+                or not is_scalar(bound[div].args[1], 6.0) or not any(a.same_as(z) for a in args):
+            return "none"
+        members += [bound[v] for v in (plus, *clips, mul, div)]
+        return "hardswish"
+    return "none"
+
+
+def _number(arg) -> float:
+    """A clip bound (a PrimValue or an immediate) as a float."""
+    v = getattr(arg, "value", arg)
+    return float(getattr(v, "value", v))
+
+
+def _shape_of(expr) -> list[int] | None:
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None:
+        return None
+    try:
+        return [int(s) for s in shape]
+    except (TypeError, ValueError):
+        return None
