@@ -29,7 +29,7 @@ Example (block-sparse conv from a pruned weight):
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -92,6 +92,9 @@ class ConvGeometry:
     wq: int
     m: int  # OH * Wq valid flat outputs
     mp: int  # padded to the pixel tile
+    #: length of an input row when the input is another kernel's output row (:meth:`reading_rows`);
+    #: 0: the padded planes ``phases * plane``
+    row: int = 0
 
     @classmethod
     def make(cls, n: int, c: int, h: int, w: int, f: int, kernel: tuple[int, int], stride: int,
@@ -111,6 +114,20 @@ class ConvGeometry:
     @property
     def phases(self) -> int:
         return self.stride * self.stride
+
+    @property
+    def x_len(self) -> int:
+        """Elements of one channel's input row ``X[n, c, :]``."""
+        return self.row or self.phases * self.plane
+
+    def reading_rows(self, row: int) -> ConvGeometry:
+        """This 1x1 conv reading rows of ``row`` elements (a producer kernel's output ``[N, C, row]``,
+        garbage columns included) instead of padded planes; every read must fall inside ``row``."""
+        if (self.kh, self.kw, self.stride) != (1, 1, 1) or any(self.pad) or self.mp > row:
+            raise ValueError(f"a {self.kh}x{self.kw} stride-{self.stride} conv with pad {self.pad} and {self.mp} "
+                             f"outputs per row cannot read rows of {row}: expected a 1x1 stride-1 unpadded conv "
+                             f"with mp <= row")
+        return replace(self, row=int(row))
 
     @property
     def plane(self) -> int:
@@ -146,7 +163,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
-                  counts: np.ndarray | None = None, epilogue: str | None = None):
+                  counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -162,6 +179,10 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     ``epilogue`` (optional, one of :data:`~npas_lightning.compiler.epilogue.ACTIVATIONS`) adds a
     bias buffer ``B[Fn*ft]`` (per filter slot) just before ``Y``, and the kernel stores
     ``act(conv + B)`` from its accumulators (see :mod:`npas_lightning.compiler.epilogue`).
+
+    ``gate=True`` adds a per-channel input scale ``G[N, C]`` (a squeeze-excite gate) before ``B``:
+    the kernel computes ``conv(X * G)`` by scaling a filter tile's weights once before its reduction
+    (``gated_w``), so the gated input is never written out.
     """
     from tvm import te
 
@@ -174,18 +195,21 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         counts = check_counts(counts, kept.shape)
         chan = (kept // (g.kh * g.kw)).astype("int32")
         shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
-        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue), (chan, shift)
-    x = te.placeholder((g.n, g.c, g.phases * g.plane), name="X")
+        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate), (chan, shift)
+    x = te.placeholder((g.n, g.c, g.x_len), name="X")
+    gx = te.placeholder((g.n, g.c), name="G") if gate else None
     s, L, wq = g.stride, g.plane, g.wq
     if kept is None:
         w = te.placeholder((fn, g.c * g.kh * g.kw, ft), name="W")
+        weights = _gated_weights(w, gx, lambda fb, r: r // (g.kh * g.kw))
         rc = te.reduce_axis((0, g.c), "rc")
         rh = te.reduce_axis((0, g.kh), "rh")
         rw = te.reduce_axis((0, g.kw), "rw")
 
         def body(n, f, m):
             xi = ((rh % s) * s + rw % s) * L + (rh // s) * wq + rw // s + m
-            return te.sum(w[f // ft, (rc * g.kh + rh) * g.kw + rw, f % ft] * x[n, rc, xi], axis=[rc, rh, rw])
+            return te.sum(weights(n, f // ft, (rc * g.kh + rh) * g.kw + rw, f % ft) * x[n, rc, xi],
+                          axis=[rc, rh, rw])
     else:
         kept = _check_rows_kept(kept, fn, g.c * g.kh * g.kw, "C*KH*KW")
         k = kept.shape[1]
@@ -195,14 +219,15 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         w = te.placeholder((fn, k, ft), name="W")
         cb = te.placeholder((fn, k), name="Kc", dtype="int32")
         sb = te.placeholder((fn, k), name="Ks", dtype="int32")
+        weights = _gated_weights(w, gx, lambda fb, r: cb[fb, r])
         rk = te.reduce_axis((0, k), "rk")
 
         def body(n, f, m):
             fb = f // ft
-            return te.sum(w[fb, rk, f % ft] * x[n, cb[fb, rk], sb[fb, rk] + m], axis=[rk])
+            return te.sum(weights(n, fb, rk, f % ft) * x[n, cb[fb, rk], sb[fb, rk] + m], axis=[rk])
 
     y = te.compute((g.n, fn * ft, g.mp), body, name="conv")
-    args = [x, w] if kept is None else [x, w, cb, sb]
+    args = ([x, w] if kept is None else [x, w, cb, sb]) + ([gx] if gate else [])
     func = te.create_prim_func(_with_epilogue(args, y, epilogue))
     func = _schedule_conv(func, tile, unroll_kernel=kept is None, pixels_outer=pixel_outer(g))
     if kept is not None:
@@ -233,10 +258,25 @@ def const_table(index, values: np.ndarray):
     return expr
 
 
-def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None):
+def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None,
+                          gate: bool = False):
     """:func:`_conv_counts_built`, memoised: TVMScript parsing costs ~30 ms a kernel, and layers of
     the same shape and balanced structure build the same function."""
-    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue)
+    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate)
+
+
+def _gated_weights(w, gx, channel):
+    """Weight reader ``(n, fb, r, fi) -> value`` of a conv's packed weights ``w[Fn, R, ft]``: ``w``
+    itself, or with a gate ``gx[N, C]`` a ``gated_w`` stage ``w * gx[n, channel(fb, r)]`` that the
+    schedule computes once per filter tile."""
+    if gx is None:
+        return lambda n, fb, r, fi: w[fb, r, fi]
+    from tvm import te
+
+    fn, r, ft = w.shape
+    gw = te.compute((gx.shape[0], fn, r, ft), lambda n, fb, ri, fi: w[fb, ri, fi] * gx[n, channel(fb, ri)],
+                    name="gated_w")
+    return lambda n, fb, ri, fi: gw[n, fb, ri, fi]
 
 
 def _with_epilogue(args: list, y, epilogue: str | None) -> list:
@@ -255,7 +295,7 @@ def _with_epilogue(args: list, y, epilogue: str | None) -> list:
 
 @functools.lru_cache(maxsize=512)
 def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
-                       epilogue: str | None = None):
+                       epilogue: str | None = None, gate: bool = False):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers."""
@@ -266,10 +306,24 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
     def store(acc, b):  # what the kernel writes: the accumulator, or act(accumulator + bias)
         return acc if epilogue is None else activation_expr(epilogue, acc + b)
 
+    def weight(w, wg, fb, rk, fi):  # the packed weight, or with gate=True the tile's gated copy
+        return wg[rk, fi] if gate else w[fb, rk, fi]
+
+    def gated_len(cnt):  # entries the gated copy holds (none without a gate)
+        return cnt if gate else 0
+
+    def new_tile(u):  # the filter tile changed: always when pixel chunks are outer, else at u == 0
+        from tvm import tirx
+
+        return tirx.const(True, "bool") if swap else u == 0
+
+    def gated(w, gates, kc, n, fb, rk, fi):  # one gated weight (``gates`` unused without a gate)
+        return w[fb, rk, fi] * gates[n, kc[fb, rk]] if gate else w[fb, rk, fi]
+
     counts = np.asarray(counts_key, dtype="int64")
     ft, mt, vw = tile.ft, tile.mt, tile.vw
     fn = counts.shape[0]
-    n_, c_, pl, mp = g.n, g.c, g.phases * g.plane, g.mp
+    n_, c_, pl, mp = g.n, g.c, g.x_len, g.mp
     px = mt * vw
     mo_n = mp // px
     if mp % px:
@@ -279,10 +333,11 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
 
     @T.prim_func
     def main(X: T.Buffer((n_, c_, pl), "float32"), W: T.Buffer((fn, k, ft), "float32"),
-             Kc: T.Buffer((fn, k), "int32"), Ks: T.Buffer((fn, k), "int32"), B: T.Buffer((fn * ft,), "float32"),
-             Y: T.Buffer((n_, fn * ft, mp), "float32")):
+             Kc: T.Buffer((fn, k), "int32"), Ks: T.Buffer((fn, k), "int32"), G: T.Buffer((n_, c_), "float32"),
+             B: T.Buffer((fn * ft,), "float32"), Y: T.Buffer((n_, fn * ft, mp), "float32")):
         T.func_attr({"tirx.noalias": True})
         for t in T.parallel(n_ * outer_n):
+            wg = T.alloc_buffer((k if gate else 1, ft), "float32", scope="local")
             for u in T.serial(inner_n):
                 acc = T.alloc_buffer((ft, px), "float32", scope="local")
                 n = t // outer_n
@@ -294,24 +349,29 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                             acc[fi, mi * vw + v] = T.float32(0)
                 cnt = T.alloc_buffer((1,), "int32", scope="local")
                 cnt[0] = const_table(fb, counts)  # an extent TVM does not re-analyse: fast LLVM build
+                if new_tile(u):
+                    for rk in T.serial(gated_len(cnt[0])):
+                        for fi in T.serial(ft):
+                            wg[rk, fi] = gated(W, G, Kc, n, fb, rk, fi)
                 for rk in T.serial(cnt[0]):
                     for fi in T.unroll(ft):
                         for mi in T.unroll(mt):
                             for v in T.vectorized(vw):
-                                acc[fi, mi * vw + v] = acc[fi, mi * vw + v] + W[fb, rk, fi] * X[
-                                    n, Kc[fb, rk], Ks[fb, rk] + m0 + mi * vw + v]
+                                acc[fi, mi * vw + v] = acc[fi, mi * vw + v] + weight(
+                                    W, wg, fb, rk, fi) * X[n, Kc[fb, rk], Ks[fb, rk] + m0 + mi * vw + v]
                 for fi in T.unroll(ft):
                     for mi in T.unroll(mt):
                         for v in T.vectorized(vw):
                             Y[n, fb * ft + fi, m0 + mi * vw + v] = store(acc[fi, mi * vw + v], B[fb * ft + fi])
-    return main if epilogue else _drop_param(main, "B")
+    unused = ({"B"} if epilogue is None else set()) | (set() if gate else {"G"})
+    return _drop_params(main, unused)
 
 
-def _drop_param(func, name: str):
-    """``func`` without its (unused) buffer parameter ``name``."""
+def _drop_params(func, names: set[str]):
+    """``func`` without its (unused) buffer parameters ``names``."""
     from tvm import tirx
 
-    return tirx.PrimFunc([p for p in func.params if p.name != name], func.body, func.ret_type, func.attrs)
+    return tirx.PrimFunc([p for p in func.params if p.name not in names], func.body, func.ret_type, func.attrs)
 
 
 def _check_rows_kept(kept, fn: int, r: int, what: str) -> np.ndarray:
@@ -334,7 +394,7 @@ def pixel_outer(g: ConvGeometry) -> bool:
     larger than :data:`L2_INPUT_BYTES` (every filter tile then reads a chunk that is in cache; see
     the 3x3 256->256 @56x56 rows of ``benchmarks/bench_sparse_layers.py``), else filter tiles
     outside (each parallel iteration sweeps its pixels with its weights in L1)."""
-    return g.c * g.phases * g.plane * 4 > L2_INPUT_BYTES
+    return g.c * g.x_len * 4 > L2_INPUT_BYTES
 
 
 def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: bool = False):
@@ -354,6 +414,7 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
     cw = sch.cache_write(b, 0, "local")
     _inline_epilogue(sch)
     sch.reverse_compute_at(cw, second)
+    _gate_weights_per_tile(sch, outer if not pixels_outer else second)
     if unroll_kernel:
         for r in red[1:]:
             sch.unroll(r)
@@ -366,6 +427,16 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
         inner = sch.split(wl[-1], [None, tile.vw])
         sch.vectorize(inner[-1])
     return sch.mod["main"]
+
+
+def _gate_weights_per_tile(sch, loop) -> None:
+    """Compute the ``gated_w`` stage (if any) for one filter tile under ``loop``, in a local buffer."""
+    try:
+        block = sch.get_sblock("gated_w")
+    except Exception:  # noqa: BLE001 - no gate in this kernel
+        return
+    sch.compute_at(block, loop)
+    sch.set_scope(block, 0, "local")
 
 
 def _inline_epilogue(sch) -> None:
@@ -391,7 +462,7 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
     """
     from tvm import te
 
-    x = te.placeholder((g.n, g.c, g.phases * g.plane), name="X")
+    x = te.placeholder((g.n, g.c, g.x_len), name="X")
     s, L, wq = g.stride, g.plane, g.wq
     if kept is None:
         w = te.placeholder((g.c, g.kh * g.kw), name="W")

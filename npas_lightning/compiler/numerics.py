@@ -56,8 +56,13 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     tile = ConvTile(**record.tile)
     pad = tuple(s["p"])
     g = ConvGeometry.make(s["n"], s["c"], s["h"], s["w"], s["f"], (s["kh"], s["kw"]), s["s"], pad, pixels=tile.pixels)
+    if s.get("row"):  # a 1x1 conv reading a producer's output rows
+        g = g.reading_rows(s["row"])
     x = rng.standard_normal((g.n, g.c, g.h, g.w)).astype("float32")
+    gate = rng.random((g.n, g.c)).astype("float32") if s.get("gate") else None
     xt = torch.nn.functional.pad(torch.from_numpy(x), (pad[1], pad[3], pad[0], pad[2]))
+    if gate is not None:
+        xt = xt * torch.from_numpy(gate)[:, :, None, None]
     depthwise = record.kind == "depthwise"
     ref = torch.nn.functional.conv2d(xt, torch.from_numpy(record.weight), stride=g.stride,
                                      groups=g.c if depthwise else 1).numpy()
@@ -70,10 +75,14 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     if record.packed is not None and not built:  # check the weights the compiled graph really embeds
         weights = [record.packed]
     fp = g.c if depthwise else weights[0].shape[0] * tile.ft
+    if gate is not None:
+        weights.append(gate)
     if record.epilogue is not None:  # the kernel adds the bias and applies the activation itself
         weights.append(kernel_bias(record.bias, fp, record.order))
         ref = apply_epilogue(ref, record.bias, record.epilogue)
-    out = _run(func, target, [planes_from_nchw(x, g), *weights], (g.n, fp, g.mp))
+    planes = planes_from_nchw(x, g)[:, :, : g.x_len]
+    planes = np.pad(planes, [(0, 0), (0, 0), (0, g.x_len - planes.shape[2])])
+    out = _run(func, target, [planes, *weights], (g.n, fp, g.mp))
     if record.order is not None:  # filter slots back to the model's order
         out = out[:, np.argsort(record.order)]
     return compare(nchw_from_planes(out, g), ref)

@@ -42,7 +42,9 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
     cpu_kernels = schedule and spec.device == "cpu" and planner is not None
     if cpu_kernels:
         mod, records = rewrite_kernels(mod, planner, names, sparse_layers)
-        mod = relax.transform.CanonicalizeBindings()(mod)  # the aliases the epilogue rewrite leaves
+        # drop the aliases and the calls the kernels took over (bias / activation / gated input) before
+        # fusion, so a crop left with one consumer fuses into it (the squeeze-excite pooling)
+        mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
         mod = fast_math(mod)
     timings["rewrite_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()

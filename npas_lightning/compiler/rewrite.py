@@ -63,16 +63,29 @@ class KernelRecord:
     bias: np.ndarray | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """A kernel's raw output ``y`` = ``[N, channels, mp]``: ``oh`` rows of ``wq`` columns, the first
+    ``ow`` of them valid. A following 1x1 conv can read it as is instead of its cropped copy."""
+
+    y: Any
+    oh: int
+    ow: int
+    wq: int
+    mp: int
+    channels: int
+
+
 def time_conv_tile(target, kind: str, g: ConvGeometry, tile: ConvTile, *, number: int = 5, repeat: int = 3) -> float:
     """Median seconds of one dense conv (``kind="conv"``) or depthwise kernel tile on random data."""
     if kind == "depthwise":
         func = depthwise_primfunc(g, tile)
-        shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((g.c, g.kh * g.kw), "float32"),
+        shapes = [((g.n, g.c, g.x_len), "float32"), ((g.c, g.kh * g.kw), "float32"),
                   ((g.n, g.c, g.mp), "float32")]
     else:
         func = conv_primfunc(g, tile)
         fn = -(-g.f // tile.ft)
-        shapes = [((g.n, g.c, g.phases * g.plane), "float32"), ((fn, g.c * g.kh * g.kw, tile.ft), "float32"),
+        shapes = [((g.n, g.c, g.x_len), "float32"), ((fn, g.c * g.kh * g.kw, tile.ft), "float32"),
                   ((g.n, fn * tile.ft, g.mp), "float32")]
     return measure_kernel(func, target, shapes, number=number, repeat=repeat)
 
@@ -203,6 +216,27 @@ def _sparse_info(scheme: str, k: int, *, density: float, kept: float,
             "speedup_bound": round(1.0 / max(float(density), 1e-9), 2)}
 
 
+def _rows_mean(y, weights, keepdims: bool):
+    """TE: ``sum(y[n, c, :] * weights)`` over kernel output rows ``y[N, C, Mp]``, ``weights[Mp]``
+    being 1 / (valid pixels) on valid pixels and 0 on the garbage columns and tail: one contiguous
+    pass that the schedule rule vectorises (``Mp`` is a multiple of the kernel's pixel tile)."""
+    from tvm import te
+
+    n, c, mp = y.shape
+    p = te.reduce_axis((0, mp), "p")
+    mean = te.compute((n, c), lambda i, j: te.sum(y[i, j, p] * weights[p], axis=[p]), name="rows_mean")
+    if not keepdims:
+        return mean
+    return te.compute((n, c, 1, 1), lambda i, j, *_: mean[i, j], name="rows_mean_4d")
+
+
+def _fit_rows(tile: ConvTile, geom: Callable[[ConvTile], ConvGeometry], rows: _Rows | None) -> ConvTile:
+    """``tile``, or one vector of pixels when its pixel tile would read past the producer's rows."""
+    if rows is not None and geom(tile).mp > rows.mp:
+        return ConvTile(tile.ft, 1, tile.vw)
+    return tile
+
+
 def _bias_args(chain: EpilogueChain | None, slots: int, order: np.ndarray | None = None) -> list:
     """The kernel's bias argument (in its filter slots) when it computes ``chain``, else none."""
     from tvm import relax
@@ -226,6 +260,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
     sparse = {k: v for k, v in (sparse_layers or {}).items() if v in SPARSE_KERNEL_SCHEMES}
     op_conv = _op("relax.nn.conv2d")
     op_matmul = _op("relax.matmul")
+    op_multiply = _op("relax.multiply")
+    op_mean = _op("relax.mean")
     records: list[KernelRecord] = []
     counters = {"conv2d": 0, "linear": 0}
 
@@ -244,6 +280,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             # conv call -> its bias/activation chain; chain calls taken into a kernel -> the kernel's output
             self.chains_: dict[Any, EpilogueChain] = {}
             self.fused_: dict[Any, Any] = {}
+            self.rows_: dict[Any, _Rows] = {}  # cropped kernel output var -> the raw rows it came from
 
         def transform(self):
             for _, func in self.mod_.functions_items():
@@ -292,6 +329,15 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 out = self.builder_.emit(expr)
                 self.fused_.update({member: out for member in chain.members})
                 return out
+            if call.op == op_mean:
+                rows = self.rows_.get(self._resolve(call.args[0]))
+                axes = sorted(int(a) % 4 for a in (call.attrs.axis or []))
+                if rows is not None and axes == [2, 3]:  # pool the kernel's rows, not their cropped copy
+                    valid = np.zeros(rows.mp, "float32")
+                    valid[: rows.oh * rows.wq] = (np.arange(rows.oh * rows.wq) % rows.wq < rows.ow) / (rows.oh * rows.ow)
+                    return self.builder_.call_te(_rows_mean, rows.y, relax.const(valid), bool(call.attrs.keepdims),
+                                                 primfunc_name_hint="rows_mean")
+                return call
             if call.op == op_matmul:
                 w = self._const(call.args[1])
                 xs = _shape(call.args[0])
@@ -335,28 +381,66 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             def geom(t: ConvTile) -> ConvGeometry:
                 return ConvGeometry.make(n, c, h, wd, f, (kh, kw), stride, pad, pixels=t.pixels)
 
+            rows, gate = None, None
+            if kind == "conv" and kh == kw == 1 and stride == 1 and pad == (0, 0, 0, 0):
+                rows, gate = self._rows_input(x, n, c, h, wd)
+            if rows is not None:  # read the producer's rows (garbage columns included), crop afterwards
+                shape.update(h=rows.oh, w=rows.wq, row=rows.mp, gate=gate is not None)
+
+                def geom(t: ConvTile) -> ConvGeometry:  # noqa: F811 - the 1x1 conv over the producer's rows
+                    g = ConvGeometry.make(n, c, rows.oh, rows.wq, f, (1, 1), 1, (0, 0, 0, 0), pixels=t.pixels)
+                    return g.reading_rows(max(rows.mp, g.mp))  # tuning may try tiles past the rows
+            gate_args = [] if gate is None else [self.builder_.emit(relax.op.reshape(gate, (n, c)))]
             act = chain.act if chain is not None else None
             if scheme is not None:
                 if kind == "depthwise":
                     return self._sparse_depthwise(x, weight, shape, geom, module, scheme, chain), act is not None
-                return self._sparse_conv(x, weight, shape, geom, module, scheme, chain), act is not None
+                return self._sparse_conv(x, weight, shape, geom, module, scheme, chain, rows, gate_args), \
+                    act is not None
             tile, tuned = planner.conv_tile(kind, shape, geom)
+            tile = _fit_rows(tile, geom, rows)
             g = geom(tile)
             idx = len(records)
             symbol = f"npas_{kind}_{idx}"
             if kind == "conv":
-                func = conv_primfunc(g, tile, epilogue=act)
+                func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args))
                 packed, fp = pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
             else:
                 func, packed, fp = depthwise_primfunc(g, tile, epilogue=act), pack_depthwise_weight(weight), c
             gv = self._add_kernel(func, symbol)
-            xf = self._to_planes(x, g)
-            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), *_bias_args(chain, fp)],
+            xf = rows.y if rows is not None else self._to_planes(x, g)
+            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), *gate_args, *_bias_args(chain, fp)],
                                                   relax.TensorType((n, fp, g.mp), "float32")))
+            keep_func = act is not None or rows is not None
             records.append(KernelRecord(idx, kind, module, gv.name_hint, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
-                                        packed, func=func if act else None, epilogue=act,
+                                        packed, func=func if keep_func else None, epilogue=act,
                                         bias=chain.bias if act else None))
-            return self._crop(y, g, fp), act is not None
+            return self._crop(y, g, fp, width=rows.ow if rows is not None else None), act is not None
+
+        def _rows_input(self, x, n: int, c: int, h: int, w: int) -> tuple[_Rows | None, Any]:
+            """``(rows, gate)`` when the 1x1 conv input ``x`` is a kernel's cropped output, or that
+            output times a per-channel ``[N, C, 1, 1]`` gate (squeeze-excite); else ``(None, None)``."""
+            rows = self.rows_.get(self._resolve(x))
+            gate = None
+            if rows is None:
+                bound = self.lookup_binding(self._resolve(x))
+                if isinstance(bound, relax.Call) and bound.op == op_multiply and len(bound.args) == 2:
+                    for a, b in (bound.args, bound.args[::-1]):
+                        if self._resolve(a) in self.rows_ and _shape(b) == [n, c, 1, 1]:
+                            rows, gate = self.rows_[self._resolve(a)], b
+                            break
+            if rows is None or (rows.oh, rows.ow, rows.channels) != (h, w, c):
+                return None, None
+            return rows, gate
+
+        def _resolve(self, v):
+            """``v`` with variable-to-variable bindings followed."""
+            while isinstance(v, relax.Var):
+                bound = self.lookup_binding(v)
+                if not isinstance(bound, relax.Var):
+                    break
+                v = bound
+            return v
 
 
         def _to_planes(self, x, g: ConvGeometry):
@@ -371,26 +455,33 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             if s > 1:
                 x = self.builder_.emit(relax.op.reshape(x, (g.n, g.c, g.hq, s, g.wq, s)))
                 x = self.builder_.emit(relax.op.permute_dims(x, [0, 1, 3, 5, 2, 4]))
-            flat = (g.n, g.c, g.phases * g.plane)
+            flat = (g.n, g.c, g.x_len)
             return self.builder_.emit(relax.call_pure_packed(
                 "vm.builtin.reshape", x, relax.ShapeExpr(list(flat)), ty_args=relax.TensorType(flat, "float32")))
 
-        def _crop(self, y, g: ConvGeometry, fp: int, order: np.ndarray | None = None):
+        def _crop(self, y, g: ConvGeometry, fp: int, order: np.ndarray | None = None, width: int | None = None):
+            """``[N, F, OH, OW]`` from a kernel's output rows ``y`` (``width``: valid columns when they
+            are fewer than ``g.ow``). Remembers ``y`` so that a following 1x1 conv can read it instead."""
+            raw, ow, slots = y, width or g.ow, fp
             if order is not None:  # filter slots back to the model's filter order (fused into the crop)
                 inverse = np.argsort(order).astype("int32")
                 y = self.builder_.emit(relax.op.take(y, relax.const(inverse), axis=1))
-                fp = g.f
-            if fp != g.f or g.mp != g.m:
+                slots = g.f
+            if slots != g.f or g.mp != g.m:
                 y = self.builder_.emit(relax.op.strided_slice(y, [1, 2], [0, 0], [g.f, g.m]))
             y = self.builder_.emit(relax.op.reshape(y, (g.n, g.f, g.oh, g.wq)))
-            if g.wq != g.ow:
-                return relax.op.strided_slice(y, [3], [0], [g.ow])
+            if g.wq != ow:
+                y = self.builder_.emit(relax.op.strided_slice(y, [3], [0], [ow]))
+            if order is None and fp == g.f:
+                self.rows_[y] = _Rows(raw, g.oh, ow, g.wq, g.mp, g.f)
             return y
 
         # -- sparse conv / depthwise ------------------------------------------------------------
-        def _sparse_conv(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None):
+        def _sparse_conv(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None,
+                         rows: _Rows | None = None, gate_args: Sequence = ()):
             """Block-sparse conv: per filter tile, only the kept reduction entries (compact weights +
-            channel/shift index buffers); pattern layers reorder filters so similar kernels share tiles."""
+            channel/shift index buffers); pattern layers reorder filters so similar kernels share tiles.
+            ``rows``/``gate_args``: a 1x1 conv reading a producer's rows, gated (see ``_conv``)."""
             f = weight.shape[0]
             w2d = weight.reshape(f, -1)
             reorder = scheme == "pattern"
@@ -411,23 +502,25 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             def run(tile: ConvTile) -> float:
                 g, pk, func, chan, shift = build(tile)
-                shapes = [((g.n, g.c, g.phases * g.plane), "float32"), (pk.packed.shape, "float32"),
+                shapes = [((g.n, g.c, g.x_len), "float32"), (pk.packed.shape, "float32"),
                           (chan.shape, "int32"), (shift.shape, "int32"),
                           ((g.n, pk.packed.shape[0] * tile.ft, g.mp), "float32")]
                 return measure_kernel(func, planner.spec.tvm_target, shapes,
                                       fixed_args={1: pk.packed, 2: chan, 3: shift})
 
             tile, tuned = planner.sparse_tile("conv", shape, structure_digest(w2d != 0, scheme), cands, default, run)
+            tile = _fit_rows(tile, geom, rows)
             act = chain.act if chain is not None else None
             g, pk = geom(tile), packs[tile.ft]
-            func, (chan, shift) = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=act)
+            func, (chan, shift) = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=act,
+                                                gate=bool(gate_args))
             idx = len(records)
             symbol = f"npas_sparse_conv_{idx}"
             gv = self._add_kernel(func, symbol)
             fp = pk.packed.shape[0] * tile.ft
-            xf = self._to_planes(x, g)
+            xf = rows.y if rows is not None else self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(
-                gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift),
+                gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift), *gate_args,
                      *_bias_args(chain, fp, pk.order)],
                 relax.TensorType((g.n, fp, g.mp), "float32")))
             info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
@@ -435,7 +528,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
                                         pk.order, func, act, chain.bias if act else None))
-            return self._crop(y, g, fp, pk.order)
+            return self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
 
         def _sparse_depthwise(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None):
             """Depthwise conv that reads only the kept kernel positions of each channel block."""
@@ -462,7 +555,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             def run(tile: ConvTile) -> float:
                 g, func, shift = build(tile)
-                shapes = [((g.n, g.c, g.phases * g.plane), "float32"), (packed.shape, "float32"),
+                shapes = [((g.n, g.c, g.x_len), "float32"), (packed.shape, "float32"),
                           (shift.shape, "int32"), ((g.n, g.c, g.mp), "float32")]
                 return measure_kernel(func, planner.spec.tvm_target, shapes, fixed_args={1: packed, 2: shift})
 
