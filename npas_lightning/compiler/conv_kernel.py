@@ -303,8 +303,9 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
 
     from .epilogue import activation_expr
 
-    def store(acc, b):  # what the kernel writes: the accumulator, or act(accumulator + bias)
+    def store(acc, b):  # what the epilogue writes: act(accumulator + bias)
         return acc if epilogue is None else activation_expr(epilogue, acc + b)
+
 
     def weight(w, wg, fb, rk, fi):  # the packed weight, or with gate=True the tile's gated copy
         return wg[rk, fi] if gate else w[fb, rk, fi]
@@ -322,6 +323,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
 
     counts = np.asarray(counts_key, dtype="int64")
     ft, mt, vw = tile.ft, tile.mt, tile.vw
+    epilogue_rows = 0 if epilogue is None else ft
     fn = counts.shape[0]
     n_, c_, pl, mp = g.n, g.c, g.x_len, g.mp
     px = mt * vw
@@ -362,7 +364,13 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                 for fi in T.unroll(ft):
                     for mi in T.unroll(mt):
                         for v in T.vectorized(vw):
-                            Y[n, fb * ft + fi, m0 + mi * vw + v] = store(acc[fi, mi * vw + v], B[fb * ft + fi])
+                            Y[n, fb * ft + fi, m0 + mi * vw + v] = acc[fi, mi * vw + v]
+                # the epilogue re-reads the tile from L1 in a loop: one copy of its code, not ft * mt
+                for fi in T.serial(epilogue_rows):
+                    for mi in T.serial(mt):
+                        for v in T.vectorized(vw):
+                            Y[n, fb * ft + fi, m0 + mi * vw + v] = store(Y[n, fb * ft + fi, m0 + mi * vw + v],
+                                                                         B[fb * ft + fi])
     unused = ({"B"} if epilogue is None else set()) | (set() if gate else {"G"})
     return _drop_params(main, unused)
 

@@ -1,0 +1,110 @@
+"""1x1 convs reading the previous kernel's output rows, squeeze-excite gates folded into the weights,
+and pooling over kernel rows: the copies between kernels that the rewrite removes."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from npas_lightning.compiler import compile_model
+from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, conv_primfunc, pack_conv_weight
+from npas_lightning.compiler.numerics import _run, check_kernel
+from npas_lightning.compiler.sparse_pack import pack_sparse_rows
+from npas_lightning.compiler.targets import resolve_target
+
+TARGET = resolve_target("host", threads=1).tvm_target
+
+
+class SEBlock(nn.Module):
+    """depthwise -> squeeze-excite -> 1x1 project -> 1x1 expand (MBConv without the residual)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.SiLU())
+        self.reduce = nn.Conv2d(16, 4, 1)
+        self.expand = nn.Conv2d(4, 16, 1)
+        self.project = nn.Sequential(nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24))
+        self.pw = nn.Sequential(nn.Conv2d(24, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+
+    def forward(self, x):
+        x = self.dw(x)
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        return self.pw(self.project(x * gate)).mean((2, 3))
+
+
+def _block() -> SEBlock:
+    torch.manual_seed(0)
+    m = SEBlock().eval()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def test_gated_1x1_conv_reads_the_depthwise_rows():
+    model = _block()
+    x = torch.randn(1, 16, 13, 13)
+    compiled = compile_model(model, x, threads=2)
+    assert compiled.numerics["ok"]
+    by_module = {k.module: k for k in compiled.kernels}
+    project, pw = by_module["project.0"], by_module["pw.0"]
+    # the depthwise output rows are 13 + 2 columns wide; the project conv reads them gated
+    assert project.shape["w"] == 15 and project.shape["gate"] and project.shape["row"] >= 13 * 15
+    # the next 1x1 conv reads the project conv's rows (no gate), the same 15 columns
+    assert pw.shape["w"] == 15 and not pw.shape["gate"]
+    np.testing.assert_allclose(compiled.run(x).numpy(), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    # the per-layer check (what names a diverging layer) rebuilds these kernels with rows, gate and epilogue
+    for record in compiled.kernels:
+        assert check_kernel(record, compiled.target.tvm_target)["max_rel"] < 1e-5, record.module
+
+
+def test_pooling_and_gate_leave_no_copy_between_kernels():
+    from npas_lightning.compiler.frontend import import_model
+    from npas_lightning.compiler.pipeline import build_relax
+    from npas_lightning.compiler.rewrite import TilePlanner
+    from npas_lightning.compiler.tuning import TileCache
+
+    spec = resolve_target("host", threads=1)
+    imported = import_model(_block(), torch.randn(1, 16, 13, 13))
+    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names)
+    names = [gv.name_hint for gv in result.mod.get_global_vars()]
+    assert sum(n.startswith("rows_mean") for n in names) == 2  # SE pool and the final pool read kernel rows
+    assert not [n for n in names if "multiply" in n]  # no gated copy of the depthwise output
+    # the one crop left is the SE reduce FC's (4 outputs padded to a vector tile), not a feature map's
+    assert [n for n in names if "strided_slice" in n] == [n for n in names if "strided_slice" in n and "relu" in n]
+    assert len([n for n in names if "strided_slice" in n]) == 1
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gated_kernel_over_rows_matches_torch(sparse):
+    rng = np.random.default_rng(1)
+    c, f, oh, ow, wq = 12, 20, 5, 5, 7
+    tile = ConvTile(8, 1, 16)
+    g = ConvGeometry.make(1, c, oh, wq, f, (1, 1), 1, (0, 0, 0, 0), pixels=tile.pixels).reading_rows(48)
+    w = rng.standard_normal((f, c)).astype("float32") * (rng.random((f, c)) < 0.5)
+    rows = rng.standard_normal((1, c, 48)).astype("float32")  # a producer's rows: oh x wq, then a tail
+    gate = rng.random((1, c)).astype("float32")
+    if sparse:
+        pk = pack_sparse_rows(w, 8)
+        func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, gate=True)
+        weights, slots = [pk.packed, *buffers], pk.packed.shape[0] * 8
+    else:
+        func, weights, slots = conv_primfunc(g, tile, gate=True), [pack_conv_weight(w, 8)], 24
+    assert [p.name for p in func.params][-2] == "G"
+    out = _run(func, TARGET, [rows, *weights, gate], (1, slots, g.mp))
+    x = rows[:, :, : oh * wq].reshape(1, c, oh, wq) * gate[:, :, None, None]
+    ref = np.einsum("fc,nchw->nfhw", w, x)
+    got = out[:, :f, : oh * wq].reshape(1, f, oh, wq)
+    np.testing.assert_allclose(got[..., :ow], ref[..., :ow], rtol=1e-5, atol=1e-5)
+
+
+def test_reading_rows_is_refused_where_it_cannot_work():
+    g = ConvGeometry.make(1, 8, 6, 6, 8, (3, 3), 1, (1, 1, 1, 1), pixels=16)
+    with pytest.raises(ValueError, match=r"a 3x3 stride-1 conv with pad \(1, 1, 1, 1\) .* cannot read rows of 64: "
+                                         r"expected a 1x1 stride-1 unpadded conv with mp <= row"):
+        g.reading_rows(64)
+    g1 = ConvGeometry.make(1, 8, 6, 7, 8, (1, 1), 1, (0, 0, 0, 0), pixels=32)
+    with pytest.raises(ValueError, match="64 outputs per row cannot read rows of 48"):
+        g1.reading_rows(48)
+    assert g1.reading_rows(64).x_len == 64
