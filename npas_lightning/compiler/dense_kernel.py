@@ -108,15 +108,18 @@ def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
 
 
 def _dense_counts_primfunc(n: int, c: int, tile: DenseTile, k: int, counts: np.ndarray):
-    """:func:`_dense_counts_built`, memoised (TVMScript parsing is the cost; equal layers share it)."""
+    """:func:`_dense_counts_built`, memoised: equal layers share one function."""
     return _dense_counts_built(n, c, tile, k, tuple(int(v) for v in counts))
 
 
 @functools.lru_cache(maxsize=512)
 def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tuple[int, ...]):
-    """The block-sparse matmul with per-tile reduction lengths (TIR): parallel over (filter tile,
-    batch tile), ``nt`` rows x ``ft`` filters of accumulators, the filter axis vectorised."""
-    from tvm.script import tirx as T
+    """The block-sparse matmul with per-tile reduction lengths (TIR, built with TVM's IR builder):
+    parallel over (filter tile, batch tile), ``nt`` rows x ``ft`` filters of accumulators, the filter
+    axis vectorised."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script import builder as T
 
     from .conv_kernel import const_table
 
@@ -124,25 +127,23 @@ def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tup
     ft, nt = tile.ft, tile.nt
     fn = counts.shape[0]
     nb = n // nt
-
-    @T.prim_func
-    def main(X: T.Buffer((n, c), "float32"), W: T.Buffer((fn, k, ft), "float32"), Kc: T.Buffer((fn, k), "int32"),
-             Y: T.Buffer((n, fn * ft), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        for t in T.parallel(fn * nb):
-            acc = T.alloc_buffer((nt, ft), "float32", scope="local")
-            fb = t // nb
-            i0 = t % nb * nt
-            for ii in T.unroll(nt):
-                for j in T.vectorized(ft):
-                    acc[ii, j] = T.float32(0)
-            cnt = T.alloc_buffer((1,), "int32", scope="local")
-            cnt[0] = const_table(fb, counts)  # an extent TVM does not re-analyse: fast LLVM build
-            for rk in T.serial(cnt[0]):
-                for ii in T.unroll(nt):
-                    for j in T.vectorized(ft):
-                        acc[ii, j] = acc[ii, j] + X[i0 + ii, Kc[fb, rk]] * W[fb, rk, j]
-            for ii in T.unroll(nt):
-                for j in T.vectorized(ft):
-                    Y[i0 + ii, fb * ft + j] = acc[ii, j]
-    return main
+    with IRBuilder() as ib:
+        with T.prim_func():
+            T.func_name("main")
+            x = T.arg("X", T.buffer((n, c), "float32"))
+            w = T.arg("W", T.buffer((fn, k, ft), "float32"))
+            kc = T.arg("Kc", T.buffer((fn, k), "int32"))
+            y = T.arg("Y", T.buffer((n, fn * ft), "float32"))
+            T.func_attr({"tirx.noalias": True})
+            with T.parallel(0, fn * nb) as t:
+                acc = T.alloc_buffer((nt, ft), "float32", scope="local")
+                fb, i0 = t // nb, t % nb * nt
+                with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
+                    T.buffer_store(acc, tirx.const(0, "float32"), [ii, j])
+                cnt = T.alloc_buffer((1,), "int32", scope="local")
+                T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
+                with T.serial(0, cnt[0]) as rk, T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
+                    T.buffer_store(acc, acc[ii, j] + x[i0 + ii, kc[fb, rk]] * w[fb, rk, j], [ii, j])
+                with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
+                    T.buffer_store(y, acc[ii, j], [i0 + ii, fb * ft + j])
+    return ib.get()

@@ -53,17 +53,7 @@ class ActNet(nn.Module):
         return torch.relu(z) + z  # z has two uses: only the bias goes into the kernel
 
 
-def _model() -> ActNet:
-    torch.manual_seed(0)
-    m = ActNet().eval()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
-    return m
-
-
-def test_chains_are_found_in_the_folded_graph():
+def test_chains_are_found_in_the_folded_graph(bn_model):
     import tvm
     from tvm import relax
     from tvm.relax.transform import FoldBatchnormToConv2D
@@ -71,15 +61,15 @@ def test_chains_are_found_in_the_folded_graph():
     from npas_lightning.compiler.fold import fold_constants
     from npas_lightning.compiler.frontend import import_model
 
-    imported = import_model(_model(), torch.randn(1, 3, 16, 16))
+    imported = import_model(bn_model(ActNet), torch.randn(1, 3, 16, 16))
     seq = [FoldBatchnormToConv2D(), relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
     mod = fold_constants(tvm.transform.Sequential(seq)(imported.mod))
     acts = [chain.act for chain in find_epilogues(mod["main"]).values()]
     assert acts == [*ACTIVATIONS, "silu", "none"]
 
 
-def test_compiled_model_computes_epilogues_in_its_kernels():
-    model = _model()
+def test_compiled_model_computes_epilogues_in_its_kernels(bn_model):
+    model = bn_model(ActNet)
     x = torch.randn(1, 3, 16, 16)
     compiled = compile_model(model, x, threads=2)
     assert compiled.numerics["ok"]
@@ -88,16 +78,8 @@ def test_compiled_model_computes_epilogues_in_its_kernels():
     np.testing.assert_allclose(compiled.run(x).numpy(), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_no_activation_is_left_outside_the_kernels():
-    from npas_lightning.compiler.frontend import import_model
-    from npas_lightning.compiler.pipeline import build_relax
-    from npas_lightning.compiler.rewrite import TilePlanner
-    from npas_lightning.compiler.tuning import TileCache
-
-    spec = resolve_target("host", threads=1)
-    imported = import_model(_model(), torch.randn(1, 3, 16, 16))
-    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names)
-    names = [gv.name_hint for gv in result.mod.get_global_vars()]
+def test_no_activation_is_left_outside_the_kernels(bn_model, built_function_names):
+    names = built_function_names(bn_model(ActNet), torch.randn(1, 3, 16, 16))
     assert not [n for n in names if "sigmoid" in n or "clip" in n or "divide" in n]
 
 

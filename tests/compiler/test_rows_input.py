@@ -32,18 +32,8 @@ class SEBlock(nn.Module):
         return self.pw(self.project(x * gate)).mean((2, 3))
 
 
-def _block() -> SEBlock:
-    torch.manual_seed(0)
-    m = SEBlock().eval()
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.5, 0.5)
-            mod.running_var.uniform_(0.5, 2.0)
-    return m
-
-
-def test_gated_1x1_conv_reads_the_depthwise_rows():
-    model = _block()
+def test_gated_1x1_conv_reads_the_depthwise_rows(bn_model):
+    model = bn_model(SEBlock)
     x = torch.randn(1, 16, 13, 13)
     compiled = compile_model(model, x, threads=2)
     assert compiled.numerics["ok"]
@@ -59,16 +49,8 @@ def test_gated_1x1_conv_reads_the_depthwise_rows():
         assert check_kernel(record, compiled.target.tvm_target)["max_rel"] < 1e-5, record.module
 
 
-def test_pooling_and_gate_leave_no_copy_between_kernels():
-    from npas_lightning.compiler.frontend import import_model
-    from npas_lightning.compiler.pipeline import build_relax
-    from npas_lightning.compiler.rewrite import TilePlanner
-    from npas_lightning.compiler.tuning import TileCache
-
-    spec = resolve_target("host", threads=1)
-    imported = import_model(_block(), torch.randn(1, 16, 13, 13))
-    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names)
-    names = [gv.name_hint for gv in result.mod.get_global_vars()]
+def test_pooling_and_gate_leave_no_copy_between_kernels(bn_model, built_function_names):
+    names = built_function_names(bn_model(SEBlock), torch.randn(1, 16, 13, 13))
     assert sum(n.startswith("rows_mean") for n in names) == 2  # SE pool and the final pool read kernel rows
     assert not [n for n in names if "multiply" in n]  # no gated copy of the depthwise output
     # the one crop left is the SE reduce FC's (4 outputs padded to a vector tile), not a feature map's
