@@ -2,9 +2,10 @@
 
 The model is compiled as `compile_model` does it (same passes, kernels and schedules); each called
 function is then built alone and timed on random inputs of its own shapes, times the number of
-calls in ``main``. Functions are grouped as the project's kernels (``npas_*``), fused
-elementwise + layout functions (pad / reshape / transpose / crop fused with the activations), and
-the rest (pooling, reductions). The whole model is timed once for comparison.
+calls in ``main``. Functions are grouped as the project's kernels (``npas_*``, which compute their
+layer's bias and activation too), fused elementwise + layout functions (the zero-pad / stride-phase
+copies in front of kxk convs, residual adds, crops, SE gates), and the rest (pooling, reductions).
+The whole model is timed once for comparison.
 
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224

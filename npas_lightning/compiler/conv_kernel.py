@@ -229,7 +229,8 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     y = te.compute((g.n, fn * ft, g.mp), body, name="conv")
     args = ([x, w] if kept is None else [x, w, cb, sb]) + ([gx] if gate else [])
     func = te.create_prim_func(_with_epilogue(args, y, epilogue))
-    func = _schedule_conv(func, tile, unroll_kernel=kept is None, pixels_outer=pixel_outer(g))
+    func = _schedule_conv(func, tile, unroll_kernel=kept is None, pixels_outer=pixel_outer(g),
+                          epilogue=epilogue is not None, gate=gate)
     if kept is not None:
         return func, (chan, shift)
     return func
@@ -383,7 +384,8 @@ def pixel_outer(g: ConvGeometry) -> bool:
     return g.c * g.x_len * 4 > L2_INPUT_BYTES
 
 
-def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: bool = False):
+def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: bool = False, epilogue: bool = False,
+                   gate: bool = False):
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
@@ -398,9 +400,13 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
     outer = sch.fuse(n, first)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
-    _inline_epilogue(sch)
+    if epilogue:  # bias + activation folded into the accumulators' copy-out
+        sch.reverse_compute_inline(sch.get_sblock("epilogue"))
     sch.reverse_compute_at(cw, second)
-    _gate_weights_per_tile(sch, outer if not pixels_outer else second)
+    if gate:  # the gated weights of one filter tile, computed once per tile in a local buffer
+        gated = sch.get_sblock("gated_w")
+        sch.compute_at(gated, outer if not pixels_outer else second)
+        sch.set_scope(gated, 0, "local")
     if unroll_kernel:
         for r in red[1:]:
             sch.unroll(r)
@@ -413,25 +419,6 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
         inner = sch.split(wl[-1], [None, tile.vw])
         sch.vectorize(inner[-1])
     return sch.mod["main"]
-
-
-def _gate_weights_per_tile(sch, loop) -> None:
-    """Compute the ``gated_w`` stage (if any) for one filter tile under ``loop``, in a local buffer."""
-    try:
-        block = sch.get_sblock("gated_w")
-    except Exception:  # noqa: BLE001 - no gate in this kernel
-        return
-    sch.compute_at(block, loop)
-    sch.set_scope(block, 0, "local")
-
-
-def _inline_epilogue(sch) -> None:
-    """Fold the ``epilogue`` block (if any) into the accumulators' copy-out (after ``cache_write``)."""
-    try:
-        block = sch.get_sblock("epilogue")
-    except Exception:  # noqa: BLE001 - no epilogue in this kernel
-        return
-    sch.reverse_compute_inline(block)
 
 
 def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None, block: int = 1,
@@ -471,7 +458,7 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
             return te.sum(w[c, rk] * x[n, c, sb[c // block, rk] + m], axis=[rk])
         args = [x, w, sb]
     y = te.compute((g.n, g.c, g.mp), body, name="dwconv")
-    func = _schedule_depthwise(te.create_prim_func(_with_epilogue(args, y, epilogue)), tile)
+    func = _schedule_depthwise(te.create_prim_func(_with_epilogue(args, y, epilogue)), tile, epilogue is not None)
     return func if kept is None else (func, shift)
 
 
@@ -489,7 +476,7 @@ def _check_depthwise_kept(g: ConvGeometry, kept, block) -> tuple[np.ndarray, int
     return kept.astype("int64"), int(block)
 
 
-def _schedule_depthwise(func, tile: ConvTile):
+def _schedule_depthwise(func, tile: ConvTile, epilogue: bool = False):
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
@@ -502,7 +489,8 @@ def _schedule_depthwise(func, tile: ConvTile):
     outer = sch.fuse(n, c)
     sch.parallel(outer)
     cw = sch.cache_write(b, 0, "local")
-    _inline_epilogue(sch)
+    if epilogue:
+        sch.reverse_compute_inline(sch.get_sblock("epilogue"))
     sch.reverse_compute_at(cw, mo)
     for r in red:
         sch.unroll(r)

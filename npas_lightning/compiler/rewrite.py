@@ -185,6 +185,16 @@ def _shape(expr) -> list[int] | None:
         return None
 
 
+#: a 1x1 conv reads its producer's rows (padding columns included) only when that computes at most
+#: this many times the pixel vectors of the cropped map (efficientnet_b0 @224: at most 1.25, for 7x7
+#: maps under a 5x5 depthwise; @32 the 4x4, 2x2 and 1x1 maps would compute 2-5x and copy instead)
+ROWS_INPUT_MAX_WORK = 1.25
+
+#: a kernel computes its bias and activation only when more than this fraction of the pixels it
+#: computes are valid: on 1x1 and 2x2 maps (efficientnet_b0 @32) a vector tile is mostly padding, and
+#: the activation costs less as a separate pass over the valid pixels
+EPILOGUE_MIN_VALID = 0.25
+
 #: schemes lowered to block-sparse kernels (the others run dense: filter is cut physically beforehand,
 #: unstructured computes its zeros)
 SPARSE_KERNEL_SCHEMES = ("block_punched", "block_based", "pattern")
@@ -391,6 +401,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                     g = ConvGeometry.make(n, c, rows.oh, rows.wq, f, (1, 1), 1, (0, 0, 0, 0), pixels=t.pixels)
                     return g.reading_rows(max(rows.mp, g.mp))  # tuning may try tiles past the rows
             gate_args = [] if gate is None else [self.builder_.emit(relax.op.reshape(gate, (n, c)))]
+            g0 = geom(ConvTile(8, 1, planner.lanes))
+            valid = rows.oh * rows.ow if rows is not None else g0.oh * g0.ow
+            if valid <= EPILOGUE_MIN_VALID * g0.mp:  # a tiny map: the activation runs on the valid pixels only
+                chain = None
             act = chain.act if chain is not None else None
             if scheme is not None:
                 if kind == "depthwise":
@@ -431,6 +445,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                             break
             if rows is None or (rows.oh, rows.ow, rows.channels) != (h, w, c):
                 return None, None
+            v = planner.lanes
+            if -(-rows.oh * rows.wq // v) > ROWS_INPUT_MAX_WORK * -(-h * w // v):
+                return None, None  # small maps under wide kernels: more padding columns than a copy costs
             return rows, gate
 
         def _resolve(self, v):

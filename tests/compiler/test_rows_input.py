@@ -90,3 +90,22 @@ def test_reading_rows_is_refused_where_it_cannot_work():
     with pytest.raises(ValueError, match="64 outputs per row cannot read rows of 48"):
         g1.reading_rows(48)
     assert g1.reading_rows(64).x_len == 64
+
+
+def test_small_maps_under_wide_kernels_are_copied_instead():
+    """4x4 maps under a 5x5 depthwise: rows of 8 columns would double the 1x1 conv's pixel vectors
+    (more than ROWS_INPUT_MAX_WORK), so the 1x1 conv reads the cropped map."""
+    model = nn.Sequential(nn.Conv2d(16, 16, 5, padding=2, groups=16), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(1, 16, 4, 4)
+    compiled = compile_model(model, x, threads=1)
+    pw = compiled.kernels[-1]
+    assert compiled.numerics["ok"] and pw.shape["w"] == 4 and "row" not in pw.shape
+
+
+def test_tiny_maps_keep_the_activation_outside_the_kernel():
+    """A 2x2 map fills 4 of a 16-pixel vector tile: the kernel stores the raw conv and the bias and
+    activation run as a separate pass over the 4 valid pixels (EPILOGUE_MIN_VALID)."""
+    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.SiLU(), nn.Conv2d(16, 16, 3, padding=1), nn.SiLU()).eval()
+    for size, fused in ((2, None), (6, "silu")):
+        compiled = compile_model(model, torch.randn(1, 8, size, size), threads=1)
+        assert compiled.numerics["ok"] and [k.epilogue for k in compiled.kernels] == [fused, fused]
