@@ -24,7 +24,7 @@ from npas_lightning.compiler import compile_model
 from npas_lightning.compiler.engines import measure_interleaved, onnxruntime_engine, torch_engine, tvm_engine
 from npas_lightning.compiler.measure import LocalSession
 
-OUT = Path(__file__).parent / "results" / "bench_compiler_models.json"
+RESULTS = Path(__file__).parent / "results"
 MODELS = ["efficientnet_b0", "efficientnet_b0:hard", "mobilenetv3_large_100", "mobilenetv3_large_100:hard",
           "resnet50", "resnet50:hard"]
 
@@ -86,8 +86,9 @@ def main() -> None:
             Console().print(f"{spec}@{size}: tvm {row['tvm_ms']:.2f} ms, torch {row['torch_ms']:.2f}, "
                             f"ort {row['onnxruntime_ms']:.2f}, tvm/ort {row['tvm_vs_ort']:.2f}, "
                             f"compile {row['compile_s']:.1f}s")
-            OUT.parent.mkdir(parents=True, exist_ok=True)
-            OUT.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+            out = RESULTS / f"bench_compiler_models_{'_'.join(map(str, args.sizes))}.json"  # e.g. ..._224.json
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     table = Table(title=f"whole models, batch 1, {args.threads} threads (ms, medians)")
     for col in ("model", "input", "TVM", "torch", "ORT", "TVM/ORT", "TVM/torch", "compile s", "untuned TVM"):
         table.add_column(col)

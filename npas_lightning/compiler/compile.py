@@ -40,8 +40,8 @@ from .tuning import TileCache
 
 __all__ = ["Compiled", "compile_model", "compiler_version", "plan_hash"]
 
-_VERSIONED_SOURCES = ("fastmath.py", "fold.py", "conv_kernel.py", "dense_kernel.py", "generic_schedule.py", "rewrite.py", "pipeline.py",
-                      "frontend.py", "sparse_pack.py", "sparse_import.py")
+_VERSIONED_SOURCES = ("fastmath.py", "fold.py", "conv_kernel.py", "dense_kernel.py", "epilogue.py", "generic_schedule.py",
+                      "rewrite.py", "pipeline.py", "frontend.py", "sparse_pack.py", "sparse_import.py")
 
 
 def compiler_version() -> str:
@@ -198,7 +198,7 @@ class Compiled:
             "versions": {"tvm": str(tvm.__version__), "torch": torch.__version__, "npas_lightning": npas_version,
                          "compiler": compiler_version()},
             "kernels": [{"kind": k.kind, "module": k.module, "symbol": k.symbol, "shape": k.shape, "tile": k.tile,
-                         "tuned": k.tuned, "sparse": k.sparse} for k in self.kernels],
+                         "tuned": k.tuned, "sparse": k.sparse, "epilogue": k.epilogue} for k in self.kernels],
             "prepare": self.prepare_info,
             "compile_time_s": self.timings,
             "numerics": self.numerics,

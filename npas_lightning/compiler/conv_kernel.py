@@ -322,42 +322,41 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
         with fi_kind(0, ft) as fi, T.unroll(0, mt) as mi, T.vectorized(0, vw) as v:
             yield fi, mi * vw + v
 
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name("main")
-            x = T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32"))
-            w = T.arg("W", T.buffer((fn, k, ft), "float32"))
-            kc = T.arg("Kc", T.buffer((fn, k), "int32"))
-            ks = T.arg("Ks", T.buffer((fn, k), "int32"))
-            gates = T.arg("G", T.buffer((g.n, g.c), "float32")) if gate else None
-            bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
-            y = T.arg("Y", T.buffer((g.n, fn * ft, g.mp), "float32"))
-            T.func_attr({"tirx.noalias": True})
-            with T.parallel(0, g.n * outer_n) as t:
-                wg = T.alloc_buffer((k, ft), "float32", scope="local") if gate else None  # the tile's gated weights
-                with T.serial(0, inner_n) as u:
-                    acc = T.alloc_buffer((ft, px), "float32", scope="local")
-                    n, fb = t // outer_n, u if swap else t % outer_n
-                    m0 = (t % outer_n if swap else u) * px
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("main")
+        x = T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32"))
+        w = T.arg("W", T.buffer((fn, k, ft), "float32"))
+        kc = T.arg("Kc", T.buffer((fn, k), "int32"))
+        ks = T.arg("Ks", T.buffer((fn, k), "int32"))
+        gates = T.arg("G", T.buffer((g.n, g.c), "float32")) if gate else None
+        bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
+        y = T.arg("Y", T.buffer((g.n, fn * ft, g.mp), "float32"))
+        T.func_attr({"tirx.noalias": True})
+        with T.parallel(0, g.n * outer_n) as t:
+            wg = T.alloc_buffer((k, ft), "float32", scope="local") if gate else None  # the tile's gated weights
+            with T.serial(0, inner_n) as u:
+                acc = T.alloc_buffer((ft, px), "float32", scope="local")
+                n, fb = t // outer_n, u if swap else t % outer_n
+                m0 = (t % outer_n if swap else u) * px
+                for fi, i in tile_loops():
+                    T.buffer_store(acc, tirx.const(0, "float32"), [fi, i])
+                cnt = T.alloc_buffer((1,), "int32", scope="local")
+                T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
+                if gate:  # scale the tile's weights once (at each new filter tile)
+                    with (T.If(tirx.const(True, "bool") if swap else u == 0), T.Then(),
+                          T.serial(0, cnt[0]) as rk, T.serial(0, ft) as fi):
+                        T.buffer_store(wg, w[fb, rk, fi] * gates[n, kc[fb, rk]], [rk, fi])
+                with T.serial(0, cnt[0]) as rk:
                     for fi, i in tile_loops():
-                        T.buffer_store(acc, tirx.const(0, "float32"), [fi, i])
-                    cnt = T.alloc_buffer((1,), "int32", scope="local")
-                    T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
-                    if gate:  # scale the tile's weights once (at each new filter tile)
-                        with T.If(tirx.const(True, "bool") if swap else u == 0), T.Then():
-                            with T.serial(0, cnt[0]) as rk, T.serial(0, ft) as fi:
-                                T.buffer_store(wg, w[fb, rk, fi] * gates[n, kc[fb, rk]], [rk, fi])
-                    with T.serial(0, cnt[0]) as rk:
-                        for fi, i in tile_loops():
-                            weight = wg[rk, fi] if gate else w[fb, rk, fi]
-                            T.buffer_store(acc, acc[fi, i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [fi, i])
-                    for fi, i in tile_loops():
-                        T.buffer_store(y, acc[fi, i], [n, fb * ft + fi, m0 + i])
-                    if epilogue:  # re-read the stored tile in a loop: one copy of the activation code
-                        for fi, i in tile_loops(T.serial):
-                            out = y[n, fb * ft + fi, m0 + i]
-                            T.buffer_store(y, activation_expr(epilogue, out + bias[fb * ft + fi]),
-                                           [n, fb * ft + fi, m0 + i])
+                        weight = wg[rk, fi] if gate else w[fb, rk, fi]
+                        T.buffer_store(acc, acc[fi, i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [fi, i])
+                for fi, i in tile_loops():
+                    T.buffer_store(y, acc[fi, i], [n, fb * ft + fi, m0 + i])
+                if epilogue:  # re-read the stored tile in a loop: one copy of the activation code
+                    for fi, i in tile_loops(T.serial):
+                        out = y[n, fb * ft + fi, m0 + i]
+                        T.buffer_store(y, activation_expr(epilogue, out + bias[fb * ft + fi]),
+                                       [n, fb * ft + fi, m0 + i])
     return ib.get()
 
 

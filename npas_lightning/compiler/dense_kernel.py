@@ -127,23 +127,22 @@ def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tup
     ft, nt = tile.ft, tile.nt
     fn = counts.shape[0]
     nb = n // nt
-    with IRBuilder() as ib:
-        with T.prim_func():
-            T.func_name("main")
-            x = T.arg("X", T.buffer((n, c), "float32"))
-            w = T.arg("W", T.buffer((fn, k, ft), "float32"))
-            kc = T.arg("Kc", T.buffer((fn, k), "int32"))
-            y = T.arg("Y", T.buffer((n, fn * ft), "float32"))
-            T.func_attr({"tirx.noalias": True})
-            with T.parallel(0, fn * nb) as t:
-                acc = T.alloc_buffer((nt, ft), "float32", scope="local")
-                fb, i0 = t // nb, t % nb * nt
-                with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
-                    T.buffer_store(acc, tirx.const(0, "float32"), [ii, j])
-                cnt = T.alloc_buffer((1,), "int32", scope="local")
-                T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
-                with T.serial(0, cnt[0]) as rk, T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
-                    T.buffer_store(acc, acc[ii, j] + x[i0 + ii, kc[fb, rk]] * w[fb, rk, j], [ii, j])
-                with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
-                    T.buffer_store(y, acc[ii, j], [i0 + ii, fb * ft + j])
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("main")
+        x = T.arg("X", T.buffer((n, c), "float32"))
+        w = T.arg("W", T.buffer((fn, k, ft), "float32"))
+        kc = T.arg("Kc", T.buffer((fn, k), "int32"))
+        y = T.arg("Y", T.buffer((n, fn * ft), "float32"))
+        T.func_attr({"tirx.noalias": True})
+        with T.parallel(0, fn * nb) as t:
+            acc = T.alloc_buffer((nt, ft), "float32", scope="local")
+            fb, i0 = t // nb, t % nb * nt
+            with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
+                T.buffer_store(acc, tirx.const(0, "float32"), [ii, j])
+            cnt = T.alloc_buffer((1,), "int32", scope="local")
+            T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
+            with T.serial(0, cnt[0]) as rk, T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
+                T.buffer_store(acc, acc[ii, j] + x[i0 + ii, kc[fb, rk]] * w[fb, rk, j], [ii, j])
+            with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
+                T.buffer_store(y, acc[ii, j], [i0 + ii, fb * ft + j])
     return ib.get()

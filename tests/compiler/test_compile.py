@@ -86,6 +86,7 @@ def test_export_writes_library_params_manifest(compiled, tmp_path):
     assert "stem.0.weight" in np.load(out / "params.npz")
     assert man["input_shape"] == [2, 3, 23, 23] and man["plan_hash"] == "dense"
     assert man["target"]["tvm"]["kind"] == "llvm" and man["versions"]["tvm"].startswith("0.27")
+    assert [k["epilogue"] for k in man["kernels"] if k["kind"] != "dense"] == ["hardswish", "relu", "none"]
     import tvm
     from tvm import relax
 
