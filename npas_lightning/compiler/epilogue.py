@@ -176,7 +176,7 @@ def _match_activation(z, uses, bound, op, only_user, is_scalar, members: list) -
     if set(by_op) == {"relax.sigmoid", "relax.multiply"}:
         sig, mul = by_op["relax.sigmoid"], by_op["relax.multiply"]
         args = list(bound[mul].args)
-        if only_user(sig) is mul and any(a.same_as(z) for a in args) and any(a.same_as(sig) for a in args):
+        if _same(only_user(sig), mul) and any(a.same_as(z) for a in args) and any(a.same_as(sig) for a in args):
             members += [bound[sig], bound[mul]]
             return "silu"
         return "none"
@@ -192,12 +192,17 @@ def _match_activation(z, uses, bound, op, only_user, is_scalar, members: list) -
             cur = only_user(cur)
         div = only_user(mul)
         args = list(bound[mul].args)
-        if not clips or (lo, hi) != (0.0, 6.0) or cur is not mul or div is None or op(div) != "relax.divide" \
+        if not clips or (lo, hi) != (0.0, 6.0) or not _same(cur, mul) or div is None or op(div) != "relax.divide" \
                 or not is_scalar(bound[div].args[1], 6.0) or not any(a.same_as(z) for a in args):
             return "none"
         members += [bound[v] for v in (plus, *clips, mul, div)]
         return "hardswish"
     return "none"
+
+
+def _same(a, b) -> bool:
+    """``a`` and ``b`` are the same Relax variable (Python wrappers of one object may differ)."""
+    return a is not None and b is not None and a.same_as(b)
 
 
 def _number(arg) -> float:
