@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from npas_lightning.compiler import compile_model
-from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, conv_primfunc, pack_conv_weight
+from npas_lightning.compiler.conv_kernel import (
+    L2_INPUT_BYTES,
+    ConvGeometry,
+    ConvTile,
+    conv_primfunc,
+    pack_conv_weight,
+    pixel_outer,
+)
 from npas_lightning.compiler.numerics import _run, check_kernel
 from npas_lightning.compiler.sparse_pack import pack_sparse_rows
 from npas_lightning.compiler.targets import resolve_target
@@ -59,13 +66,17 @@ def test_pooling_and_gate_leave_no_copy_between_kernels(bn_model, built_function
 
 
 @pytest.mark.parametrize("sparse", [False, True])
-def test_gated_kernel_over_rows_matches_torch(sparse):
+@pytest.mark.parametrize("c, oh, ow, wq, row", [(12, 5, 5, 7, 48), (72, 30, 30, 32, 3840)])
+def test_gated_kernel_over_rows_matches_torch(sparse, c, oh, ow, wq, row):
+    """The second geometry's input (72 x 3840 floats) exceeds L2_INPUT_BYTES: pixel chunks run
+    outside the filter tiles and the gated weights are recomputed for every tile of every chunk."""
     rng = np.random.default_rng(1)
-    c, f, oh, ow, wq = 12, 20, 5, 5, 7
+    f = 20
     tile = ConvTile(8, 1, 16)
-    g = ConvGeometry.make(1, c, oh, wq, f, (1, 1), 1, (0, 0, 0, 0), pixels=tile.pixels).reading_rows(48)
+    g = ConvGeometry.make(1, c, oh, wq, f, (1, 1), 1, (0, 0, 0, 0), pixels=tile.pixels).reading_rows(row)
+    assert pixel_outer(g) == (c * row * 4 > L2_INPUT_BYTES) == (c == 72)  # both loop orders are covered
     w = rng.standard_normal((f, c)).astype("float32") * (rng.random((f, c)) < 0.5)
-    rows = rng.standard_normal((1, c, 48)).astype("float32")  # a producer's rows: oh x wq, then a tail
+    rows = rng.standard_normal((1, c, row)).astype("float32")  # a producer's rows: oh x wq, then a tail
     gate = rng.random((1, c)).astype("float32")
     if sparse:
         pk = pack_sparse_rows(w, 8)
