@@ -105,97 +105,115 @@ def find_epilogues(func) -> dict[Any, EpilogueChain]:
     """Map each ``relax.nn.conv2d`` call of ``func`` that is followed by a per-channel constant bias
     add (and optionally ReLU, SiLU = ``x * sigmoid(x)`` or hard-swish = ``x * clip(x + 3, 0, 6) / 6``)
     to its :class:`EpilogueChain`. Only chains whose intermediate values have no other use qualify."""
-    from tvm import relax
-    from tvm.ir.expr import Constant
-
-    bound: dict[Any, Any] = {}
-    uses: dict[Any, list[Any]] = {}
-    order: list[Any] = []
-
-    def count(expr, user) -> None:
-        def visit(e):
-            if isinstance(e, relax.Var):
-                uses.setdefault(e, []).append(user)
-        relax.analysis.post_order_visit(expr, visit)
-
-    body = func.body
-    for block in body.blocks:
-        for b in block.bindings:
-            if isinstance(b, relax.VarBinding):
-                bound[b.var] = b.value
-                order.append(b.var)
-                count(b.value, b.var)
-    count(body.body, None)
-
-    def op(var) -> str:
-        v = bound.get(var)
-        return v.op.name if isinstance(v, relax.Call) and hasattr(v.op, "name") else ""
-
-    def only_user(var):
-        u = uses.get(var, [])
-        return u[0] if len(u) == 1 and u[0] is not None else None
-
-    def const_value(expr) -> np.ndarray | None:
-        if isinstance(expr, relax.Var):
-            expr = bound.get(expr, expr)
-        return expr.value.numpy() if isinstance(expr, Constant) else None
-
-    def is_scalar(expr, value: float) -> bool:
-        v = const_value(expr)
-        return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == value
-
+    graph = _Bindings(func)
     chains: dict[Any, EpilogueChain] = {}
-    for var in order:
-        conv = bound[var]
-        if op(var) != "relax.nn.conv2d":
+    for var in graph.order:
+        if graph.op(var) != "relax.nn.conv2d":
             continue
-        add = only_user(var)
-        if add is None or op(add) != "relax.add":
+        add = graph.only_user(var)
+        if add is None or graph.op(add) != "relax.add":
             continue
-        a0, a1 = bound[add].args
+        a0, a1 = graph.bound[add].args
         other = a1 if a0.same_as(var) else a0
         f = _shape_of(var)
-        bias = const_value(other)
+        bias = graph.const_value(other)
         if f is None or bias is None or bias.size != f[1] or _shape_of(other) not in ([1, f[1], 1, 1], [f[1], 1, 1]):
             continue
-        members = [bound[add]]
-        act = _match_activation(add, uses, bound, op, only_user, is_scalar, members)
-        chains[conv] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members)
+        members = [graph.bound[add]]
+        act = _match_activation(graph, add, members)
+        chains[graph.bound[var]] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members)
     return chains
 
 
-def _match_activation(z, uses, bound, op, only_user, is_scalar, members: list) -> str:
+class _Bindings:
+    """The variable bindings of a Relax function: what each variable is bound to, and its users
+    (the variables whose bound values read it; ``None`` for the function's result)."""
+
+    def __init__(self, func):
+        from tvm import relax
+
+        self.bound: dict[Any, Any] = {}
+        self.uses: dict[Any, list[Any]] = {}
+        self.order: list[Any] = []
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.bound[b.var] = b.value
+                    self.order.append(b.var)
+                    self._count(b.value, b.var)
+        self._count(func.body.body, None)
+
+    def _count(self, expr, user) -> None:
+        from tvm import relax
+
+        def visit(e):
+            if isinstance(e, relax.Var):
+                self.uses.setdefault(e, []).append(user)
+        relax.analysis.post_order_visit(expr, visit)
+
+    def op(self, var) -> str:
+        """Name of the op ``var`` is bound to ("" for anything else)."""
+        from tvm import relax
+
+        v = self.bound.get(var)
+        return v.op.name if isinstance(v, relax.Call) and hasattr(v.op, "name") else ""
+
+    def users(self, var) -> list[Any]:
+        return self.uses.get(var, [])
+
+    def only_user(self, var):
+        """The one variable that reads ``var``, or None (several users, or the function's result)."""
+        u = self.users(var)
+        return u[0] if len(u) == 1 and u[0] is not None else None
+
+    def const_value(self, expr) -> np.ndarray | None:
+        from tvm import relax
+        from tvm.ir.expr import Constant
+
+        if isinstance(expr, relax.Var):
+            expr = self.bound.get(expr, expr)
+        return expr.value.numpy() if isinstance(expr, Constant) else None
+
+    def is_scalar(self, expr, value: float) -> bool:
+        v = self.const_value(expr)
+        return v is not None and v.size == 1 and float(v.reshape(-1)[0]) == value
+
+
+def _match_activation(graph: _Bindings, z, members: list) -> str:
     """The activation applied to ``z`` (appending its calls to ``members``), else ``"none"``."""
-    users = [u for u in uses.get(z, []) if u is not None]
-    if len(users) == 1 and op(users[0]) == "relax.nn.relu" and len(uses.get(z, [])) == 1:
-        members.append(bound[users[0]])
-        return "relu"
-    if len(users) != 2 or len(uses.get(z, [])) != 2:
+    users = graph.users(z)
+    if None in users:
         return "none"
-    by_op = {op(u): u for u in users}
+    if len(users) == 1 and graph.op(users[0]) == "relax.nn.relu":
+        members.append(graph.bound[users[0]])
+        return "relu"
+    if len(users) != 2:
+        return "none"
+    by_op = {graph.op(u): u for u in users}
     if set(by_op) == {"relax.sigmoid", "relax.multiply"}:
         sig, mul = by_op["relax.sigmoid"], by_op["relax.multiply"]
-        args = list(bound[mul].args)
-        if _same(only_user(sig), mul) and any(a.same_as(z) for a in args) and any(a.same_as(sig) for a in args):
-            members += [bound[sig], bound[mul]]
+        args = list(graph.bound[mul].args)
+        if _same(graph.only_user(sig), mul) and any(a.same_as(z) for a in args) and any(a.same_as(sig) for a in args):
+            members += [graph.bound[sig], graph.bound[mul]]
             return "silu"
         return "none"
     if set(by_op) == {"relax.add", "relax.multiply"}:
         plus, mul = by_op["relax.add"], by_op["relax.multiply"]
-        if not any(is_scalar(a, 3.0) for a in bound[plus].args):
+        if not any(graph.is_scalar(a, 3.0) for a in graph.bound[plus].args):
             return "none"
-        clips, lo, hi, cur = [], -np.inf, np.inf, only_user(plus)
-        while cur is not None and op(cur) == "relax.clip":
+        clips, lo, hi, cur = [], -np.inf, np.inf, graph.only_user(plus)
+        while cur is not None and graph.op(cur) == "relax.clip":
             clips.append(cur)
-            _, a_min, a_max = bound[cur].args
+            _, a_min, a_max = graph.bound[cur].args
             lo, hi = max(lo, _number(a_min)), min(hi, _number(a_max))
-            cur = only_user(cur)
-        div = only_user(mul)
-        args = list(bound[mul].args)
-        if not clips or (lo, hi) != (0.0, 6.0) or not _same(cur, mul) or div is None or op(div) != "relax.divide" \
-                or not is_scalar(bound[div].args[1], 6.0) or not any(a.same_as(z) for a in args):
+            cur = graph.only_user(cur)
+        div = graph.only_user(mul)
+        args = list(graph.bound[mul].args)
+        if not clips or (lo, hi) != (0.0, 6.0) or not _same(cur, mul) or div is None \
+                or graph.op(div) != "relax.divide" or not graph.is_scalar(graph.bound[div].args[1], 6.0) \
+                or not any(a.same_as(z) for a in args):
             return "none"
-        members += [bound[v] for v in (plus, *clips, mul, div)]
+        members += [graph.bound[v] for v in (plus, *clips, mul, div)]
         return "hardswish"
     return "none"
 

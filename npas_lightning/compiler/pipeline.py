@@ -42,8 +42,8 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
     cpu_kernels = schedule and spec.device == "cpu" and planner is not None
     if cpu_kernels:
         mod, records = rewrite_kernels(mod, planner, names, sparse_layers)
-        # drop the aliases and the calls the kernels took over (bias / activation / gated input) before
-        # fusion, so a crop left with one consumer fuses into it (the squeeze-excite pooling)
+        # drop the aliases and the calls the kernels took over (bias / activation / gated input, crops
+        # nobody reads any more) before fusion, so fusion only groups what is still computed
         mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
         mod = fast_math(mod)
     timings["rewrite_s"] = time.perf_counter() - t0

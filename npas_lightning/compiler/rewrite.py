@@ -512,10 +512,11 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             default_ft = 4 if reorder else max([ft for ft in fts if ft <= 8] or [min(fts)])
             default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
 
-            def build(tile: ConvTile):
-                g = geom(tile)
-                func, (chan, shift) = conv_primfunc(g, tile, packs[tile.ft].kept, counts=packs[tile.ft].counts)
-                return g, packs[tile.ft], func, chan, shift
+            def build(tile: ConvTile, epilogue: str | None = None, gate: bool = False):  # timed without them
+                g, pk = geom(tile), packs[tile.ft]
+                func, (chan, shift) = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue,
+                                                    gate=gate)
+                return g, pk, func, chan, shift
 
             def run(tile: ConvTile) -> float:
                 g, pk, func, chan, shift = build(tile)
@@ -528,9 +529,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             tile, tuned = planner.sparse_tile("conv", shape, structure_digest(w2d != 0, scheme), cands, default, run)
             tile = _fit_rows(tile, geom, rows)
             act = chain.act if chain is not None else None
-            g, pk = geom(tile), packs[tile.ft]
-            func, (chan, shift) = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=act,
-                                                gate=bool(gate_args))
+            g, pk, func, chan, shift = build(tile, epilogue=act, gate=bool(gate_args))
             idx = len(records)
             symbol = f"npas_sparse_conv_{idx}"
             gv = self._add_kernel(func, symbol)
@@ -565,9 +564,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             cands = [ConvTile(1, mt, v) for mt in planner.conv_pixel_tiles(m)]
             default = ConvTile(1, planner.depthwise_pixel_tile(shape["kh"], m), v)
 
-            def build(tile: ConvTile):
+            def build(tile: ConvTile, epilogue: str | None = None):  # timed without the epilogue
                 g = geom(tile)
-                func, shift = depthwise_primfunc(g, tile, kept, block)
+                func, shift = depthwise_primfunc(g, tile, kept, block, epilogue=epilogue)
                 return g, func, shift
 
             def run(tile: ConvTile) -> float:
@@ -579,8 +578,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             tile, tuned = planner.sparse_tile("depthwise", shape, structure_digest(w2 != 0, scheme), cands,
                                               default, run)
             act = chain.act if chain is not None else None
-            g = geom(tile)
-            func, shift = depthwise_primfunc(g, tile, kept, block, epilogue=act)
+            g, func, shift = build(tile, epilogue=act)
             idx = len(records)
             symbol = f"npas_sparse_depthwise_{idx}"
             gv = self._add_kernel(func, symbol)
