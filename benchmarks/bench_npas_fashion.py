@@ -301,6 +301,7 @@ def validate(module: Any, datamodule: Any, val_batches: int) -> float:
 def stage_measure(out: Path, budget: Budget, quick: bool, command: str) -> dict[str, Any]:
     from npas_lightning.compiler import LocalSession, compile_model
     from npas_lightning.compiler.engines import measure_interleaved, tvm_engine
+    from npas_lightning.compiler.rewrite import SPARSE_LOWERINGS
     from npas_lightning.plan import NPASScheme
     from npas_lightning.utils.builders import build_datamodule, build_model
 
@@ -326,7 +327,7 @@ def stage_measure(out: Path, budget: Budget, quick: bool, command: str) -> dict[
                       "rate": spec.get("rate"), "top1": validate(module, datamodule, budget.val_batches)}
         compiled[name] = compile_model(net.eval(), example, plan=plan, threads=THREADS, check=True)
         kernels = [k.sparse.get("lowering") for k in compiled[name].kernels if k.sparse]
-        rows[name]["block_sparse_kernels"] = sum(1 for w in kernels if w == "block-sparse kernel")
+        rows[name]["block_sparse_kernels"] = sum(1 for w in kernels if w in SPARSE_LOWERINGS)
         rows[name]["numerics_max_rel"] = (compiled[name].numerics or {}).get("max_rel")
     session = LocalSession()
     engines = [dataclasses.replace(tvm_engine(c, example.numpy(), session), name=n) for n, c in compiled.items()]

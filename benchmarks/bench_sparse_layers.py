@@ -10,6 +10,9 @@ Each cell: speedup = dense kernel time / pruned-layer time, both measured interl
   filter band), when the scheme has that flag;
 - ``pattern`` (3x3 only): the same block-sparse conv kernel on filter tiles regrouped by pattern
   (``pack_sparse_rows(..., reorder=True)``), small filter tiles;
+- ``pattern (per-pattern kernel)``: ``pattern_primfunc``, one loop per pattern with the pattern's
+  shifts as constants, one or two filters per tile (``pack_pattern``); ``compile_model`` times both
+  kernels on a pattern layer and keeps the faster;
 - ``unstructured``: the dense kernel with zeros (what the compiler emits for it);
 - ``filter``: the dense kernel with ``round(F / rate)`` filters (the physically shrunk layer).
 
@@ -41,13 +44,15 @@ from bench_compiler_layers import peak_gflops  # noqa: E402
 
 from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, conv_primfunc, pack_conv_weight  # noqa: E402
 from npas_lightning.compiler.dense_kernel import DenseTile, dense_primfunc, pack_dense_weight  # noqa: E402
+from npas_lightning.compiler.pattern_kernel import pack_pattern, pattern_primfunc  # noqa: E402
+from npas_lightning.compiler.rewrite import KernelChoice, pattern_kernel_choices  # noqa: E402
 from npas_lightning.compiler.sparse_pack import pack_sparse_rows  # noqa: E402
 from npas_lightning.compiler.targets import resolve_target  # noqa: E402
 from npas_lightning.schemes import achieved_rate, get_scheme  # noqa: E402
 
 NAME = "bench_sparse_layers"
 RATES = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0)
-PATTERN_RATES = (2.25, 3.0, 5.0)
+PATTERN_RATES = (2.25, 3.0, 5.0, 7.0, 10.0)
 BLOCKS = ((8, 4), (16, 4), (32, 8))
 
 
@@ -124,6 +129,16 @@ class Bench:
         fp = pk.packed.shape[0] * tile.ft
         return self._timer(func, [x, pk.packed, chan, shift, (g.n, fp, g.mp)]), pk.work_fraction
 
+    def pattern(self, layer: Layer, choice: KernelChoice, weight: np.ndarray):
+        """The per-pattern kernel (one loop per pattern, compile-time shifts) on ``weight``."""
+        tile, cblock = choice.tile, choice.cblock or None
+        g = layer.geom(tile)
+        x = self.rng.standard_normal((g.n, g.c, g.phases * g.plane)).astype("float32")
+        pk = pack_pattern(weight, tile.ft, cblock=cblock)
+        func = pattern_primfunc(g, tile, pk.patterns, pk.k, cblock=cblock)
+        out = (g.n, pk.weights.shape[0] * tile.ft, g.mp)
+        return self._timer(func, [x, pk.weights, pk.channels, pk.starts, out]), pk.work_fraction
+
     def fc(self, layer: Layer, tile: DenseTile, weight: np.ndarray, *, sparse: bool):
         n, c, _ = layer.shape
         f = weight.shape[0]
@@ -136,11 +151,14 @@ class Bench:
         func = dense_primfunc(n, c, f, tile, kept=pk.kept, counts=pk.counts)
         return self._timer(func, [x, pk.packed, pk.kept, (n, fp)]), pk.work_fraction
 
-    def best(self, layer: Layer, weight: np.ndarray, tiles, *, sparse: bool, reorder: bool = False):
+    def best(self, layer: Layer, weight: np.ndarray, tiles, *, sparse: bool, reorder: bool = False,
+             pattern_kernel: bool = False):
         """Tune: the fastest tile of ``tiles`` on a short measurement; returns (timer, tile, density, est s)."""
         best = None
         for tile in tiles:
-            if layer.kind == "fc":
+            if pattern_kernel:
+                timer, dens = self.pattern(layer, tile, weight)
+            elif layer.kind == "fc":
                 timer, dens = self.fc(layer, tile, weight, sparse=sparse)
             else:
                 timer, dens = self.conv(layer, tile, weight, sparse=sparse, reorder=reorder)
@@ -221,6 +239,9 @@ def run_layer(b: Bench, layer: Layer, peak: float, *, rates, blocks, pattern_rat
             w = masked_weight(layer, "pattern", rate, seed=3)
             sp = b.best(layer, w, [t for t in PATTERN_TILES if t.pixels <= layer.geom(t).m], sparse=True, reorder=True)
             add("pattern", None, rate, sp, _achieved(w), "block-sparse, filters regrouped")
+            pk = b.best(layer, w, pattern_kernel_choices(layer.geom, layer.shape[1], 16), sparse=True,
+                        pattern_kernel=True)
+            add("pattern (per-pattern kernel)", None, rate, pk, _achieved(w), "per-pattern loops, shifts constant")
     for rate in rates:
         w = masked_weight(layer, "unstructured", rate, seed=4)
         add("unstructured", None, rate, b.best(layer, w, tiles, sparse=False), _achieved(w), "dense with zeros")
@@ -264,7 +285,8 @@ def plots(rows3b: list[dict], rows3a: list[dict], out_dir: Path) -> list[Path]:
 
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for scheme in ("block_punched", "block_punched+balanced", "pattern", "filter", "unstructured"):
+    for scheme in ("block_punched", "block_punched+balanced", "pattern", "pattern (per-pattern kernel)", "filter",
+                   "unstructured"):
         pts = sorted((r["rate"], r["speedup"]) for r in rows3b if r["scheme"] == scheme)
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=scheme + (" (8,4)" if "block" in scheme else ""))
@@ -303,7 +325,8 @@ def markdown(rows: list[dict], rows3a: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["tile"]
-        tile = f"ft{t['ft']}" + (f" mt{t['mt']}" if "mt" in t else f" nt{t['nt']}")
+        tile = f"ft{t['ft']}" + (f" mt{t['mt']}" if "mt" in t else f" nt{t['nt']}") + (
+            f" cb{t['cblock']}" if t.get("cblock") else "")
         lines.append(f"| {r['layer']} | {r['scheme']} | {_fmt_block(r)} | {r['rate']:g} | {r['achieved_rate']:.2f} | "
                      f"{r['dense_ms']:.3f} | {r['sparse_ms']:.3f} | {r['speedup']:.2f} | {r['x_roofline']:.2f} | {tile} |")
     lines += ["", "| dense conv @56 | MACs (M) | ms | GMAC/s |", "|---|---|---|---|"]
@@ -361,11 +384,11 @@ def main() -> None:
         console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {r['layer']:>22} {r['scheme']:>13} "
                       f"{_fmt_block(r):>5} {r['rate']:>5g}x: {r['speedup']:.2f}x ({r['sparse_ms']:.3f} ms)")
     for layer in layers:
-        rows += run_layer(b, layer, peak, rates=rates, blocks=blocks, pattern_rates=PATTERN_RATES[:1 if args.quick else 3],
+        rows += run_layer(b, layer, peak, rates=rates, blocks=blocks, pattern_rates=PATTERN_RATES[:1] if args.quick else PATTERN_RATES,
                           log=log, balanced_rates=(5.0,) if args.quick else (2.0, 5.0, 10.0))
     fig3b_layer = Layer("3x3 128->128 @56", "conv", (1, 128, 56, 56, 128, 3, 1)) if args.quick else FIG3B
     rows3b = run_layer(b, fig3b_layer, peak, rates=rates, blocks=((8, 4),),
-                       pattern_rates=PATTERN_RATES[:1 if args.quick else 3], log=log,
+                       pattern_rates=PATTERN_RATES[:1] if args.quick else PATTERN_RATES, log=log,
                        balanced_rates=tuple(r for r in rates if r > 1))
     rows3a = fig3a(b, channels={k: v[:2] for k, v in FIG3A_CHANNELS.items()} if args.quick else FIG3A_CHANNELS)
     elapsed = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from npas_lightning.algorithms.masking import apply_masks, compute_masks
 from npas_lightning.compiler import compile_model
 from npas_lightning.compiler.engines import measure_interleaved, onnxruntime_engine, tvm_engine
 from npas_lightning.compiler.measure import LocalSession
+from npas_lightning.compiler.rewrite import SPARSE_LOWERINGS
 from npas_lightning.plan import NPASScheme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,7 +70,7 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
         c = compile_model(model, x, plan=plan, threads=threads)
         key = f"{rate:g}x"
         compiled[key] = c
-        sparse = [k.sparse for k in c.kernels if k.sparse and k.sparse.get("lowering") == "block-sparse kernel"]
+        sparse = [k.sparse for k in c.kernels if k.sparse and k.sparse.get("lowering") in SPARSE_LOWERINGS]
         work = sum(k.flops for k in c.kernels) / max(1, sum(k.flops for k in compiled["dense"].kernels))
         rows[key] = {"rate": rate, "compile_s": time.perf_counter() - t0, "compile_breakdown": c.timings,
                      "sparse_kernels": len(sparse), "kernel_work_vs_dense": work,

@@ -319,10 +319,13 @@ def _compile(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]]) -> d
 
 
 def _kernel_lowering(compiled: Any) -> dict[str, int]:
-    """How many kernels ran block-sparse, and how many pruned layers stayed dense (unstructured, unshrunk)."""
+    """How many kernels read only kept weights (block-sparse or per-pattern), and how many pruned layers
+    stayed dense (unstructured, unshrunk)."""
+    from npas_lightning.compiler.rewrite import SPARSE_LOWERINGS
+
     lowering = [k.sparse.get("lowering", "") for k in compiled.kernels if k.sparse]
-    return {"block_sparse": sum(1 for w in lowering if w == "block-sparse kernel"),
-            "pruned_but_dense": sum(1 for w in lowering if w != "block-sparse kernel"),
+    return {"block_sparse": sum(1 for w in lowering if w in SPARSE_LOWERINGS),
+            "pruned_but_dense": sum(1 for w in lowering if w not in SPARSE_LOWERINGS),
             "total": len(compiled.kernels)}
 
 

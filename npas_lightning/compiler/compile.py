@@ -41,7 +41,8 @@ from .tuning import TileCache
 __all__ = ["Compiled", "compile_model", "compiler_version", "plan_hash"]
 
 _VERSIONED_SOURCES = ("fastmath.py", "fold.py", "conv_kernel.py", "dense_kernel.py", "epilogue.py", "generic_schedule.py",
-                      "rewrite.py", "pipeline.py", "frontend.py", "sparse_pack.py", "sparse_import.py")
+                      "rewrite.py", "pipeline.py", "frontend.py", "sparse_pack.py", "sparse_import.py",
+                      "pattern_kernel.py")
 
 
 def compiler_version() -> str:

@@ -26,12 +26,14 @@ from .conv_kernel import (
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
 from .epilogue import EpilogueChain, find_epilogues, kernel_bias
+from .pattern_kernel import pack_pattern, pattern_primfunc
 from .relax_utils import rewrite_relax_functions
 from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["KernelRecord", "TilePlanner", "rewrite_kernels", "time_conv_tile"]
+__all__ = ["SPARSE_LOWERINGS", "KernelChoice", "KernelRecord", "TilePlanner", "pattern_kernel_choices", "rewrite_kernels",
+           "time_conv_tile"]
 
 
 @dataclass
@@ -74,6 +76,66 @@ class _Rows:
     wq: int
     mp: int
     channels: int
+
+
+#: (ft, mt, cblock) of the per-pattern kernel that pattern layers time against the block-sparse tiles:
+#: one filter per tile (its 4-position kernels, no union), 4 or 8 pixel vectors, input channels in
+#: blocks of 32 or 64 (0: one block). Two filters per tile never won (their union costs more than the
+#: shared loads save: ``benchmarks/bench_sparse_layers.py``'s per-pattern rows)
+PATTERN_KERNEL_TILES = ((1, 4, 32), (1, 8, 32), (1, 4, 64), (1, 8, 64), (1, 8, 0))
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Which kernel a pattern-pruned conv runs (``"block"``: block-sparse over filter tiles,
+    ``"pattern"``: per-pattern loops) and its tile; the tile cache stores it as a dict."""
+
+    kernel: str
+    ft: int
+    mt: int
+    vw: int
+    cblock: int = 0  # the per-pattern kernel's input channels per block (0: one block)
+
+    @classmethod
+    def of(cls, kernel: str, tile: ConvTile, cblock: int = 0) -> KernelChoice:
+        return cls(kernel, tile.ft, tile.mt, tile.vw, cblock)
+
+    @property
+    def tile(self) -> ConvTile:
+        return ConvTile(self.ft, self.mt, self.vw)
+
+    def to_dict(self) -> dict:
+        return {"kernel": self.kernel, "ft": self.ft, "mt": self.mt, "vw": self.vw, "cblock": self.cblock}
+
+
+#: untuned pattern layers keeping at most this fraction of their weights (connectivity pruning to rate
+#: 4 and beyond) run the per-pattern kernel with channel blocks of 32: in ``bench_sparse_layers.py``
+#: it beat the block-sparse kernel on every 3x3 layer from 5x on (3x3 128->128 @28: 1.94x vs 1.46x
+#: at 5x, 3.62x vs 2.58x at 10x) and lost at 2.25x and 3x, where filter tiles share more positions
+PATTERN_KERNEL_MAX_KEPT = 0.25
+
+
+def _pattern_default(per_pattern: list[KernelChoice], block: KernelChoice, kept: float, stride: int,
+                     lanes: int) -> KernelChoice:
+    """Untuned choice for a pattern layer: the per-pattern kernel (8 pixel vectors, 4 at stride 2,
+    channel blocks of 32) when it keeps at most :data:`PATTERN_KERNEL_MAX_KEPT` and that tile is a
+    candidate, else the block-sparse ``block``."""
+    pref = KernelChoice("pattern", 1, 8 if stride == 1 else 4, lanes, 32)
+    return pref if kept <= PATTERN_KERNEL_MAX_KEPT and pref in per_pattern else block
+
+
+def pattern_kernel_choices(geom: Callable[[ConvTile], ConvGeometry], channels: int, lanes: int) -> list[KernelChoice]:
+    """The per-pattern kernel's candidates for a layer: :data:`PATTERN_KERNEL_TILES` whose pixel tile
+    fits the map, channel blocks only when they split the channels and leave at least 4 parallel
+    (image, pixel chunk) iterations (the blocked kernel parallelises over those alone)."""
+    out = []
+    for ft, mt, cblock in PATTERN_KERNEL_TILES:
+        tile = ConvTile(ft, mt, lanes)
+        g = geom(tile)
+        if mt * lanes > g.m or (cblock and (cblock >= channels or g.n * (g.mp // tile.pixels) < 4)):
+            continue
+        out.append(KernelChoice.of("pattern", tile, cblock))
+    return out
 
 
 def time_conv_tile(target, kind: str, g: ConvGeometry, tile: ConvTile, *, number: int = 5, repeat: int = 3) -> float:
@@ -198,6 +260,9 @@ EPILOGUE_MIN_VALID = 0.25
 #: schemes lowered to block-sparse kernels (the others run dense: filter is cut physically beforehand,
 #: unstructured computes its zeros)
 SPARSE_KERNEL_SCHEMES = ("block_punched", "block_based", "pattern")
+
+#: ``KernelRecord.sparse["lowering"]`` of the kernels that read only kept weights
+SPARSE_LOWERINGS = ("block-sparse kernel", "pattern kernel")
 
 
 def structure_digest(mask: np.ndarray, scheme: str) -> str:
@@ -497,7 +562,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
         def _sparse_conv(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None,
                          rows: _Rows | None = None, gate_args: Sequence = ()):
             """Block-sparse conv: per filter tile, only the kept reduction entries (compact weights +
-            channel/shift index buffers); pattern layers reorder filters so similar kernels share tiles.
+            channel/shift index buffers); pattern layers reorder filters so similar kernels share tiles,
+            and also time the per-pattern kernel (:mod:`.pattern_kernel`), keeping the faster.
             ``rows``/``gate_args``: a 1x1 conv reading a producer's rows, gated (see ``_conv``)."""
             f = weight.shape[0]
             w2d = weight.reshape(f, -1)
@@ -508,7 +574,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 fts = _tight(packs)
             v = planner.lanes
             m = geom(ConvTile(8, 1, v)).m
-            cands = [ConvTile(ft, mt, v) for ft in fts for mt in planner.conv_pixel_tiles(m)]
+            pixel_tiles = planner.conv_pixel_tiles(m)
+            cands = [ConvTile(ft, mt, v) for ft in fts for mt in pixel_tiles]
             default_ft = 4 if reorder else max([ft for ft in fts if ft <= 8] or [min(fts)])
             default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
 
@@ -526,7 +593,19 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 return measure_kernel(func, planner.spec.tvm_target, shapes,
                                       fixed_args={1: pk.packed, 2: chan, 3: shift})
 
-            tile, tuned = planner.sparse_tile("conv", shape, structure_digest(w2d != 0, scheme), cands, default, run)
+            digest = structure_digest(w2d != 0, scheme)
+            if reorder:  # the block-sparse tiles compete with the per-pattern kernel's
+                per_pattern = pattern_kernel_choices(geom, weight.shape[1], v)
+                choice, tuned = planner.sparse_tile(
+                    "pattern-conv", shape, digest, [KernelChoice.of("block", t) for t in cands] + per_pattern,
+                    _pattern_default(per_pattern, KernelChoice.of("block", default), float((w2d != 0).mean()),
+                                     shape["s"], v),
+                    lambda c: run(c.tile) if c.kernel == "block" else self._time_pattern(weight, geom, c))
+                if choice.kernel == "pattern":
+                    return self._pattern_conv(x, weight, shape, geom, module, choice, tuned, chain)
+                tile = choice.tile
+            else:
+                tile, tuned = planner.sparse_tile("conv", shape, digest, cands, default, run)
             tile = _fit_rows(tile, geom, rows)
             act = chain.act if chain is not None else None
             g, pk, func, chan, shift = build(tile, epilogue=act, gate=bool(gate_args))
@@ -545,6 +624,40 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
                                         pk.order, func, act, chain.bias if act else None))
             return self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
+
+        def _time_pattern(self, weight, geom, choice: KernelChoice) -> float:
+            """Seconds of the per-pattern kernel as ``choice`` says (random input, the layer's packing)."""
+            tile, cblock = choice.tile, choice.cblock or None
+            g, pk = geom(tile), pack_pattern(weight, tile.ft, cblock=cblock)
+            func = pattern_primfunc(g, tile, pk.patterns, pk.k, cblock=cblock)
+            shapes = [((g.n, g.c, g.x_len), "float32"), (pk.weights.shape, "float32"),
+                      (pk.channels.shape, "int32"), (pk.starts.shape, "int32"),
+                      ((g.n, pk.weights.shape[0] * tile.ft, g.mp), "float32")]
+            return measure_kernel(func, planner.spec.tvm_target, shapes,
+                                  fixed_args={1: pk.weights, 2: pk.channels, 3: pk.starts})
+
+        def _pattern_conv(self, x, weight, shape, geom, module, choice: KernelChoice, tuned: bool,
+                          chain: EpilogueChain | None):
+            """A pattern-pruned conv on the per-pattern kernel: one loop per pattern of each filter
+            tile, the pattern's shifts compile-time constants (:mod:`.pattern_kernel`)."""
+            tile, cblock = choice.tile, choice.cblock or None
+            g, pk = geom(tile), pack_pattern(weight, tile.ft, cblock=cblock)
+            act = chain.act if chain is not None else None
+            func = pattern_primfunc(g, tile, pk.patterns, pk.k, epilogue=act, cblock=cblock)
+            idx = len(records)
+            gv = self._add_kernel(func, f"npas_pattern_conv_{idx}")
+            fp = pk.weights.shape[0] * tile.ft
+            y = self.builder_.emit(relax.call_tir(
+                gv, [self._to_planes(x, g), relax.const(pk.weights), relax.const(pk.channels),
+                     relax.const(pk.starts), *_bias_args(chain, fp, pk.order)],
+                relax.TensorType((g.n, fp, g.mp), "float32")))
+            info = _sparse_info("pattern", pk.k, density=pk.work_fraction, kept=pk.kept_fraction,
+                                reorder=pk.order is not None)
+            info.update(lowering="pattern kernel", patterns=[list(p) for p in pk.patterns], cblock=pk.cblock)
+            records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
+                                        int(round(g.flops * pk.work_fraction)), pk.weights, info,
+                                        [pk.channels, pk.starts], pk.order, func, act, chain.bias if act else None))
+            return self._crop(y, g, fp, pk.order)
 
         def _sparse_depthwise(self, x, weight, shape, geom, module, scheme, chain: EpilogueChain | None = None):
             """Depthwise conv that reads only the kept kernel positions of each channel block."""

@@ -49,10 +49,11 @@ def _codegen_note(phases: dict[str, Any]) -> str:
     """How the final model's pruned layers were lowered, from the compile phase's kernel counts."""
     final = (phases.get("compile") or {}).get("latency", {}).get("final", {})
     k = final.get("kernels") or {}
-    counts = (f" In the final model {k.get('block_sparse', 0)} of {k.get('total', 0)} kernels ran block-sparse and "
+    counts = (f" In the final model {k.get('block_sparse', 0)} of {k.get('total', 0)} kernels ran sparse and "
               f"{k.get('pruned_but_dense', 0)} pruned layers ran dense.") if k else ""
     return ("Code generation: filter-pruned layers are cut physically; block-punched, block-based and pattern "
-            "layers run block-sparse kernels that read only the kept weights (compact weights + index buffers); "
+            "layers run sparse kernels (block-sparse, or per-pattern loops when those measure faster) that read only "
+            "the kept weights (compact weights + index buffers); "
             "unstructured layers run dense kernels that compute their zeros, so they lower latency only through "
             "the other layers." + counts)
 
