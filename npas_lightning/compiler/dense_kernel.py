@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .conv_kernel import STACK_SCOPE
+
 __all__ = ["DenseTile", "dense_primfunc", "pack_dense_weight"]
 
 
@@ -96,7 +98,7 @@ def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
     sch.reorder(jo, io, ro, ri, ii, ji)
     outer = sch.fuse(jo, io)
     sch.parallel(outer)
-    cw = sch.cache_write(b, 0, "local")
+    cw = sch.cache_write(b, 0, STACK_SCOPE)
     sch.reverse_compute_at(cw, outer)
     sch.unroll(ri)
     sch.unroll(ii)
@@ -121,7 +123,7 @@ def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tup
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
 
-    from .conv_kernel import const_table
+    from .conv_kernel import accumulators, const_table
 
     counts = np.asarray(counts_key, dtype="int64")
     ft, nt = tile.ft, tile.nt
@@ -135,14 +137,18 @@ def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tup
         y = T.arg("Y", T.buffer((n, fn * ft), "float32"))
         T.func_attr({"tirx.noalias": True})
         with T.parallel(0, fn * nb) as t:
-            acc = T.alloc_buffer((nt, ft), "float32", scope="local")
+            acc = accumulators(nt, ft)  # one row per batch row
             fb, i0 = t // nb, t % nb * nt
-            with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
-                T.buffer_store(acc, tirx.const(0, "float32"), [ii, j])
-            cnt = T.alloc_buffer((1,), "int32", scope="local")
+            for ii in range(nt):
+                with T.vectorized(0, ft) as j:
+                    T.buffer_store(acc[ii], tirx.const(0, "float32"), [j])
+            cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
             T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
-            with T.serial(0, cnt[0]) as rk, T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
-                T.buffer_store(acc, acc[ii, j] + x[i0 + ii, kc[fb, rk]] * w[fb, rk, j], [ii, j])
-            with T.unroll(0, nt) as ii, T.vectorized(0, ft) as j:
-                T.buffer_store(y, acc[ii, j], [i0 + ii, fb * ft + j])
+            with T.serial(0, cnt[0]) as rk:
+                for ii in range(nt):
+                    with T.vectorized(0, ft) as j:
+                        T.buffer_store(acc[ii], acc[ii][j] + x[i0 + ii, kc[fb, rk]] * w[fb, rk, j], [j])
+            for ii in range(nt):
+                with T.vectorized(0, ft) as j:
+                    T.buffer_store(y, acc[ii][j], [i0 + ii, fb * ft + j])
     return ib.get()

@@ -22,13 +22,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from .conv_kernel import ConvGeometry, ConvTile, pixel_outer
+from .conv_kernel import (
+    STACK_SCOPE,
+    ConvGeometry,
+    ConvTile,
+    accumulators,
+    pixel_outer,
+    register_tile,
+    store_epilogue,
+)
 from .sparse_pack import reorder_rows
 
 __all__ = ["MAX_PATTERNS", "PatternPacking", "pack_pattern", "pattern_primfunc"]
@@ -37,11 +44,6 @@ __all__ = ["MAX_PATTERNS", "PatternPacking", "pack_pattern", "pattern_primfunc"]
 #: rarer position sets of a layer with more run as full kernels (see ``pack_pattern``)
 MAX_PATTERNS = 16
 
-#: storage scope of the accumulator tile and loop bounds: on CPU TVM lowers ``"local"`` allocations to
-#: ``TVMBackendAllocWorkspace`` (heap memory LLVM cannot keep in registers across the per-pattern
-#: loops, so every loop stored and reloaded the accumulators), ``"global"`` ones of constant size
-#: under 1 KB to a stack ``alloca`` that LLVM promotes to registers
-ACC_SCOPE = "global"
 
 
 @dataclass(frozen=True)
@@ -233,18 +235,12 @@ def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, .
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
 
-    from .epilogue import activation_expr
-
     ft, mt, vw = tile.ft, tile.mt, tile.vw
     px = mt * vw
     fn, p = -(-g.f // ft), len(patterns)
     t = max(len(q) for q in patterns)
     offs = [int(o) for o in g.offsets()]
     chunks = g.mp // px
-
-    def tile_loops(fi_kind=T.unroll):  # (fi, pixel) over the ft x px tile, pixels as mt unrolled vectors
-        with fi_kind(0, ft) as fi, T.unroll(0, mt) as mi, T.vectorized(0, vw) as v:
-            yield fi, mi * vw + v
 
     with IRBuilder() as ib, T.prim_func():
         T.func_name("main")
@@ -258,33 +254,31 @@ def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, .
 
         def tile_body(n, fb, m0, cb):
             """Filter tile ``fb`` at pixels ``m0...``: add channel block ``cb``'s part (``None``: all)."""
-            acc = T.alloc_buffer((ft, px), "float32", scope=ACC_SCOPE)
-            for fi, i in tile_loops():
+            acc = accumulators(ft, px)
+            for fi, i in register_tile(tile):
                 first = tirx.const(0, "float32")
                 if cb is not None:  # later blocks continue from the stored partial sums
                     first = tirx.Select(cb == 0, first, y[n, fb * ft + fi, m0 + i])
-                T.buffer_store(acc, first, [fi, i])
-            bounds = T.alloc_buffer((2,), "int32", scope=ACC_SCOPE)  # extents TVM does not re-analyse
+                T.buffer_store(acc[fi], first, [i])
+            bounds = T.alloc_buffer((2,), "int32", scope=STACK_SCOPE)  # extents TVM does not re-analyse
             for q, taps in enumerate(patterns):  # one loop per pattern, its shifts constants
                 bucket = q if cb is None else cb * p + q
                 T.buffer_store(bounds, st[fb, bucket], [0])
                 T.buffer_store(bounds, st[fb, bucket + 1] - st[fb, bucket], [1])
                 with T.serial(0, bounds[1]) as j:
                     e = bounds[0] + j
-                    for fi, i in tile_loops():
-                        total = acc[fi, i]
+                    for fi, i in register_tile(tile):
+                        total = acc[fi][i]
                         for s, tap in enumerate(taps):
                             total = total + w[fb, e, s, fi] * x[n, kc[fb, e], m0 + offs[tap] + i]
-                        T.buffer_store(acc, total, [fi, i])
-            for fi, i in tile_loops():
-                T.buffer_store(y, acc[fi, i], [n, fb * ft + fi, m0 + i])
-            if epilogue:  # re-read the stored tile in a loop: one copy of the activation code
-                with (T.If(cb == blocks - 1) if cb is not None else contextlib.nullcontext()), \
-                        (T.Then() if cb is not None else contextlib.nullcontext()):
-                    for fi, i in tile_loops(T.serial):
-                        out = y[n, fb * ft + fi, m0 + i]
-                        T.buffer_store(y, activation_expr(epilogue, out + bias[fb * ft + fi]),
-                                       [n, fb * ft + fi, m0 + i])
+                        T.buffer_store(acc[fi], total, [i])
+            for fi, i in register_tile(tile):
+                T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
+            if epilogue and cb is None:
+                store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0)
+            elif epilogue:  # after the last channel block
+                with T.If(cb == blocks - 1), T.Then():
+                    store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0)
 
         if blocks > 1:
             with T.parallel(0, g.n * chunks) as it, T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
