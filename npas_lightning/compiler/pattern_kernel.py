@@ -7,7 +7,13 @@ compute the union of their positions. This kernel follows PatDNN's compiler inst
 reorder): each filter's kept kernels are grouped by pattern, and for each pattern the generated
 code has its own loop whose taps (shifts along the flattened input row) are constants. Per kept
 kernel it loads one channel index and its weights, then does ``taps x mt`` vector FMAs into the
-filter's ``mt`` accumulator vectors; removed kernels are never visited.
+filter's ``mt`` accumulator vectors; removed kernels are never visited. Every input vector it loads
+serves one multiply-add, so with ``cblock`` the input channels run in blocks whose rows of a pixel
+chunk stay in L1 while every filter adds that block's part.
+
+``compile_model`` times this kernel against the block-sparse one on each pattern layer when tuning,
+and uses it untuned once at most a quarter of the weights remain
+(:data:`~npas_lightning.compiler.rewrite.PATTERN_KERNEL_MAX_KEPT`; measurements in BENCHMARKS.md).
 
 Layout as in :mod:`npas_lightning.compiler.conv_kernel`: input ``X[N, C, P*L]`` (padded, stride
 phases, flattened), output ``Y[N, F, Mp]``, filters in the model's order.
@@ -43,7 +49,6 @@ __all__ = ["MAX_PATTERNS", "PatternPacking", "pack_pattern", "pattern_primfunc"]
 #: at most this many distinct patterns per layer get their own loop (code size grows with each); the
 #: rarer position sets of a layer with more run as full kernels (see ``pack_pattern``)
 MAX_PATTERNS = 16
-
 
 
 @dataclass(frozen=True)
