@@ -289,7 +289,8 @@ def plots(rows3b: list[dict], rows3a: list[dict], out_dir: Path) -> list[Path]:
                    "unstructured"):
         pts = sorted((r["rate"], r["speedup"]) for r in rows3b if r["scheme"] == scheme)
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=scheme + (" (8,4)" if "block" in scheme else ""))
+            label = {"pattern": "pattern (block-sparse, regrouped)"}.get(scheme, scheme)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label + (" (8,4)" if "block_" in scheme else ""))
     ax.plot([1, 10], [1, 10], "k:", lw=0.8, label="ideal (speedup = rate)")
     ax.set_xlabel("pruning rate (x)")
     ax.set_ylabel("speedup over the dense kernel (x)")
