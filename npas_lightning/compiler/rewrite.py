@@ -80,8 +80,8 @@ class _Rows:
 
 #: (ft, mt, cblock) of the per-pattern kernel that pattern layers time against the block-sparse tiles:
 #: one filter per tile (its 4-position kernels, no union), 4 or 8 pixel vectors, input channels in
-#: blocks of 32 or 64 (0: one block). Two filters per tile never won (their union costs more than the
-#: shared loads save: ``benchmarks/bench_sparse_layers.py``'s per-pattern rows)
+#: blocks of 32 or 64 (0: one block). Two filters per tile never won in development timings (their
+#: union costs more than the shared loads save; BENCHMARKS.md, pattern pruning)
 PATTERN_KERNEL_TILES = ((1, 4, 32), (1, 8, 32), (1, 4, 64), (1, 8, 64), (1, 8, 0))
 
 
@@ -110,8 +110,9 @@ class KernelChoice:
 
 #: untuned pattern layers keeping at most this fraction of their weights (connectivity pruning to rate
 #: 4 and beyond) run the per-pattern kernel with channel blocks of 32: in ``bench_sparse_layers.py``
-#: it beat the block-sparse kernel on every 3x3 layer from 5x on (3x3 128->128 @28: 1.94x vs 1.46x
-#: at 5x, 3.62x vs 2.58x at 10x) and lost at 2.25x and 3x, where filter tiles share more positions
+#: it beat the block-sparse kernel on every 3x3 layer from 5x on (3x3 128->128 @28: 1.94x vs 1.48x
+#: at 5x, 3.60x vs 2.78x at 10x) and lost 5 of 6 cells at 2.25x and 3x, where filter tiles share more
+#: positions
 PATTERN_KERNEL_MAX_KEPT = 0.25
 
 
@@ -574,8 +575,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 fts = _tight(packs)
             v = planner.lanes
             m = geom(ConvTile(8, 1, v)).m
-            pixel_tiles = planner.conv_pixel_tiles(m)
-            cands = [ConvTile(ft, mt, v) for ft in fts for mt in pixel_tiles]
+            cands = [ConvTile(ft, mt, v) for ft in fts for mt in planner.conv_pixel_tiles(m)]
             default_ft = 4 if reorder else max([ft for ft in fts if ft <= 8] or [min(fts)])
             default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
 
