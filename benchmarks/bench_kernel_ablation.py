@@ -1,0 +1,171 @@
+"""Ablations of two kernel decisions, each variant timed interleaved with the other in this process.
+
+1. Register tiles on the stack (``conv_kernel.STACK_SCOPE = "global"``) against TVM's ``"local"``
+   scope, which on CPU becomes a workspace allocation per tile: the same kernel built both ways on
+   layers of efficientnet_b0's shapes (sparse 1x1 convs, depthwise convs on large and small maps,
+   dense convs with tiles under and over the 1 KB stack limit, the per-pattern kernel).
+2. The per-pattern kernel's design steps on pattern-pruned 3x3 convs, as speedups over the dense
+   kernel: the block-sparse kernel on regrouped filters (best tile), the per-pattern kernel without
+   channel blocks, with channel blocks, with two filters per tile, and with blocks but ``"local"``
+   accumulators.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_kernel_ablation.py            # about 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+from bench_sparse_layers import PATTERN_TILES, Bench, Layer, conv_tiles, masked_weight  # noqa: E402
+
+from npas_lightning.compiler import conv_kernel, dense_kernel, pattern_kernel  # noqa: E402
+from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, depthwise_primfunc  # noqa: E402
+from npas_lightning.compiler.rewrite import KernelChoice  # noqa: E402
+
+NAME = "bench_kernel_ablation"
+
+
+@contextmanager
+def scope(name: str):
+    """Build kernels with register tiles in storage scope ``name`` (the modules read it at build time)."""
+    mods = (conv_kernel, dense_kernel, pattern_kernel)
+    old = [m.STACK_SCOPE for m in mods]
+    for m in mods:
+        m.STACK_SCOPE = name
+    for cached in (conv_kernel._conv_counts_built, dense_kernel._dense_counts_built, pattern_kernel._pattern_built):
+        cached.cache_clear()
+    try:
+        yield
+    finally:
+        for m, o in zip(mods, old, strict=True):
+            m.STACK_SCOPE = o
+        for cached in (conv_kernel._conv_counts_built, dense_kernel._dense_counts_built,
+                       pattern_kernel._pattern_built):
+            cached.cache_clear()
+
+
+def _estimate(timer) -> tuple:
+    timer(1, 1)
+    return timer, None, None, float(np.min(timer(max(1, int(2e-3 / max(timer(1, 1)[0], 1e-6))), 3)))
+
+
+def depthwise_timer(b: Bench, c: int, hw: int, k: int, stride: int, mt: int):
+    g = ConvGeometry.make(1, c, hw, hw, c, (k, k), stride, (k // 2,) * 4, pixels=16 * mt)
+    x = b.rng.standard_normal((1, c, g.x_len)).astype("float32")
+    w = b.rng.standard_normal((c, k * k)).astype("float32")
+    bias = b.rng.standard_normal(c).astype("float32")
+    return b._timer(depthwise_primfunc(g, ConvTile(1, mt, 16), epilogue="silu"), [x, w, bias, (1, c, g.mp)])
+
+
+def stack_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
+    """(label, build) pairs; ``build`` returns a timer for the kernel built in the current scope."""
+    pw_small = Layer("1x1 96->24 @56", "conv", (1, 96, 56, 56, 24, 1, 1))
+    pw_wide = Layer("1x1 112->672 @14", "conv", (1, 112, 14, 14, 672, 1, 1))
+    c3 = Layer("3x3 128->128 @56", "conv", (1, 128, 56, 56, 128, 3, 1))
+    c3_28 = Layer("3x3 128->128 @28", "conv", (1, 128, 28, 28, 128, 3, 1))
+    w_small = masked_weight(pw_small, "block_based", 5.0, seed=2, block=(16, 4))
+    w_wide = masked_weight(pw_wide, "block_based", 5.0, seed=2, block=(16, 4))
+    w_dense = masked_weight(c3, "unstructured", 1.0, seed=1)
+    w_pat = masked_weight(c3_28, "pattern", 5.0, seed=3)
+    return [
+        ("sparse 1x1 96->24 @56, 5x, tile 8x2", lambda: b.conv(pw_small, ConvTile(8, 2, 16), w_small, sparse=True)[0]),
+        ("sparse 1x1 112->672 @14, 5x, tile 16x1", lambda: b.conv(pw_wide, ConvTile(16, 1, 16), w_wide, sparse=True)[0]),
+        ("depthwise 3x3 s2 96 @112 + SiLU", lambda: depthwise_timer(b, 96, 112, 3, 2, 1)),
+        ("depthwise 3x3 144 @56 + SiLU", lambda: depthwise_timer(b, 144, 56, 3, 1, 1)),
+        ("depthwise 5x5 672 @14 + SiLU", lambda: depthwise_timer(b, 672, 14, 5, 1, 4)),
+        ("depthwise 3x3 1152 @7 + SiLU", lambda: depthwise_timer(b, 1152, 7, 3, 1, 1)),
+        ("dense 3x3 128->128 @56, tile 8x2 (1 KB: workspace both ways)",
+         lambda: b.conv(c3, ConvTile(8, 2, 16), w_dense, sparse=False)[0]),
+        ("dense 3x3 128->128 @56, tile 4x2 (512 B)", lambda: b.conv(c3, ConvTile(4, 2, 16), w_dense, sparse=False)[0]),
+        ("per-pattern 3x3 128->128 @28, 5x, ft1 mt8 cb32",
+         lambda: b.pattern(c3_28, KernelChoice("pattern", 1, 8, 16, 32), w_pat)[0]),
+    ]
+
+
+def run_stack(b: Bench, log) -> list[dict]:
+    rows = []
+    for label, build in stack_cases(b):
+        with scope("local"):
+            local = _estimate(build())
+        with scope("global"):
+            stack = _estimate(build())
+        tl, ts = b.pair(local, stack)
+        rows.append({"kernel": label, "local_ms": tl * 1e3, "stack_ms": ts * 1e3, "speedup": tl / ts})
+        log(f"{label}: workspace {tl * 1e3:.4f} ms, stack {ts * 1e3:.4f} ms, {tl / ts:.3f}x")
+    return rows
+
+
+def run_pattern(b: Bench, rates, log) -> list[dict]:
+    layer = Layer("3x3 128->128 @28", "conv", (1, 128, 28, 28, 128, 3, 1))
+    dense = b.best(layer, masked_weight(layer, "unstructured", 1.0, seed=1), conv_tiles(layer), sparse=False)
+    variants = {
+        "per-pattern, no channel blocks (ft1 mt8)": (KernelChoice("pattern", 1, 8, 16, 0), "global"),
+        "per-pattern, channel blocks of 32 (ft1 mt8)": (KernelChoice("pattern", 1, 8, 16, 32), "global"),
+        "per-pattern, channel blocks, two filters per tile (ft2 mt4)": (KernelChoice("pattern", 2, 4, 16, 32), "global"),
+        "per-pattern, channel blocks, workspace accumulators": (KernelChoice("pattern", 1, 8, 16, 32), "local"),
+    }
+    rows = []
+    for rate in rates:
+        w = masked_weight(layer, "pattern", rate, seed=3)
+        cands = {"block-sparse, regrouped (best tile)": b.best(
+            layer, w, [t for t in PATTERN_TILES if t.pixels <= layer.geom(t).m], sparse=True, reorder=True)}
+        for label, (choice, scope_name) in variants.items():
+            with scope(scope_name):
+                cands[label] = _estimate(b.pattern(layer, choice, w)[0])
+        for label, cand in cands.items():
+            td, tk = b.pair(dense, cand)
+            rows.append({"layer": layer.name, "rate": rate, "kernel": label, "dense_ms": td * 1e3,
+                         "kernel_ms": tk * 1e3, "speedup_vs_dense": td / tk})
+            log(f"{layer.name} {rate:g}x {label}: {td / tk:.2f}x")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=15, help="interleaved rounds per pair")
+    p.add_argument("--rates", type=float, nargs="+", default=[2.25, 5.0, 10.0], help="pattern rates")
+    args = p.parse_args()
+    b = Bench(args.threads, args.repeats)
+    console = Console()
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {msg}")
+
+    stack = run_stack(b, log)
+    pattern = run_pattern(b, args.rates, log)
+    t1 = Table(title="register tiles: TVM workspace ('local') vs stack ('global'), same kernel")
+    for col in ("kernel", "workspace ms", "stack ms", "speedup"):
+        t1.add_column(col, justify="left" if col == "kernel" else "right")
+    for r in stack:
+        t1.add_row(r["kernel"], f"{r['local_ms']:.4f}", f"{r['stack_ms']:.4f}", f"{r['speedup']:.3f}")
+    t2 = Table(title="pattern-pruned 3x3 128->128 @28: speedup over the dense kernel")
+    for col in ("rate", "kernel", "dense ms", "kernel ms", "speedup"):
+        t2.add_column(col, justify="left" if col == "kernel" else "right")
+    for r in pattern:
+        t2.add_row(f"{r['rate']:g}", r["kernel"], f"{r['dense_ms']:.3f}", f"{r['kernel_ms']:.3f}",
+                   f"{r['speedup_vs_dense']:.2f}")
+    console.print(t1, t2)
+    command = "python benchmarks/bench_kernel_ablation.py " + " ".join(sys.argv[1:])
+    path = write_results(NAME, command.strip(), {"threads": args.threads, "repeats": args.repeats,
+                                                 "elapsed_s": time.perf_counter() - t0,
+                                                 "stack_scope": stack, "pattern_kernel": pattern})
+    console.print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
