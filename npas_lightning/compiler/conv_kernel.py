@@ -299,8 +299,8 @@ def _with_epilogue(args: list, y, epilogue: str | None) -> list:
 #: allocations to ``TVMBackendAllocWorkspace`` calls, one per iteration of the loop they sit in, into
 #: memory LLVM cannot keep in registers across loops; ``"global"`` ones of constant size under 1 KB
 #: become a stack ``alloca`` that LLVM promotes to registers (the IR-builder kernels therefore keep
-#: one accumulator buffer per filter row). Depthwise 3x3 over 1152 channels @7x7: 1.41x faster,
-#: 5% at 14x14; the sparse 1x1 conv 96->24 @56 at 5x: 1.22x (development timings)
+#: one accumulator buffer per filter row). ``benchmarks/bench_kernel_ablation.py``: depthwise 3x3
+#: over 1152 channels @7x7 1.69x faster, over 96 @112 (stride 2) 1.13x; dense convs unchanged
 STACK_SCOPE = "global"
 
 

@@ -80,8 +80,8 @@ class _Rows:
 
 #: (ft, mt, cblock) of the per-pattern kernel that pattern layers time against the block-sparse tiles:
 #: one filter per tile (its 4-position kernels, no union), 4 or 8 pixel vectors, input channels in
-#: blocks of 32 or 64 (0: one block). Two filters per tile never won in development timings (their
-#: union costs more than the shared loads save; BENCHMARKS.md, pattern pruning)
+#: blocks of 32 or 64 (0: one block). Two filters per tile lost to one from 5x on, and at 2.25x both
+#: lost to the block-sparse kernel (``benchmarks/bench_kernel_ablation.py``)
 PATTERN_KERNEL_TILES = ((1, 4, 32), (1, 8, 32), (1, 4, 64), (1, 8, 64), (1, 8, 0))
 
 
