@@ -44,6 +44,7 @@ __all__ = [
     "pack_conv_weight",
     "pack_depthwise_weight",
     "planes_from_nchw",
+    "plane_mask",
     "nchw_from_planes",
 ]
 
@@ -130,6 +131,25 @@ class ConvGeometry:
                              f"with mp <= row")
         return replace(self, row=int(row))
 
+    def reading_planes(self, hq: int, row: int) -> ConvGeometry:
+        """This conv reading its padded planes with ``hq >= self.hq`` rows per phase plane (zero rows
+        below the image) from rows of ``row`` elements, ``row`` covering every element it reads: the
+        layout a producer wrote for it directly (see :func:`plane_mask`).
+
+        Example:
+            >>> g = ConvGeometry.make(1, 8, 12, 12, 8, (3, 3), 2, (1, 1, 1, 1), pixels=16)
+            >>> (g.hq, g.wq, g.reading_planes(g.hq + 1, 240).x_len)
+            (8, 7, 240)
+        """
+        if hq < self.hq:
+            raise ValueError(f"hq={hq}: expected at least the conv's own {self.hq} rows per phase plane")
+        g = replace(self, hq=int(hq))
+        need = int(g.offsets().max()) + g.mp
+        if row < need:
+            raise ValueError(f"row={row}: a {self.kh}x{self.kw} stride-{self.stride} conv over planes of {hq} rows "
+                             f"reads {need} elements per row; expected row >= {need}")
+        return replace(g, row=int(row))
+
     @property
     def plane(self) -> int:
         return self.hq * self.wq
@@ -164,7 +184,8 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
-                  counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False):
+                  counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False,
+                  masked: bool = False):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -184,9 +205,15 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     ``gate=True`` adds a per-channel input scale ``G[N, C]`` (a squeeze-excite gate) before ``B``:
     the kernel computes ``conv(X * G)`` by scaling a filter tile's weights once before its reduction
     (``gated_w``), so the gated input is never written out.
+
+    ``masked=True`` (with ``epilogue``) adds a per-pixel factor ``Mk[Mp]`` after ``B``: the kernel
+    stores ``act(conv + B) * Mk``. A 1x1 conv computing over the next conv's padded planes zeroes the
+    padding that way (:func:`plane_mask`), so nobody copies its output into that layout.
     """
     from tvm import te
 
+    if masked and epilogue is None:
+        raise ValueError("masked=True needs epilogue=...: without a bias, zero padding already gives zero outputs")
     ft = tile.ft
     fn = _ceil_div(g.f, ft)
     if counts is not None:
@@ -196,7 +223,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         counts = check_counts(counts, kept.shape)
         chan = (kept // (g.kh * g.kw)).astype("int32")
         shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
-        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate), (chan, shift)
+        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate, masked), (chan, shift)
     x = te.placeholder((g.n, g.c, g.x_len), name="X")
     gx = te.placeholder((g.n, g.c), name="G") if gate else None
     s, L, wq = g.stride, g.plane, g.wq
@@ -229,7 +256,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
 
     y = te.compute((g.n, fn * ft, g.mp), body, name="conv")
     args = ([x, w] if kept is None else [x, w, cb, sb]) + ([gx] if gate else [])
-    func = te.create_prim_func(_with_epilogue(args, y, epilogue))
+    func = te.create_prim_func(_with_epilogue(args, y, epilogue, masked))
     func = _schedule_conv(func, tile, unroll_kernel=kept is None, pixels_outer=pixel_outer(g),
                           epilogue=epilogue is not None, gate=gate)
     if kept is not None:
@@ -261,10 +288,10 @@ def const_table(index, values: np.ndarray):
 
 
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None,
-                          gate: bool = False):
+                          gate: bool = False, masked: bool = False):
     """:func:`_conv_counts_built`, memoised: layers of the same shape and balanced structure build the
     same function."""
-    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate)
+    return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate, masked)
 
 
 def _gated_weights(w, gx, channel):
@@ -281,9 +308,10 @@ def _gated_weights(w, gx, channel):
     return lambda n, fb, ri, fi: gw[n, fb, ri, fi]
 
 
-def _with_epilogue(args: list, y, epilogue: str | None) -> list:
+def _with_epilogue(args: list, y, epilogue: str | None, masked: bool = False) -> list:
     """TE arguments of a kernel computing ``y``: ``[*args, y]``, or with an epilogue
-    ``[*args, B, act(y + B)]`` (``B`` per filter slot, axis 1 of ``y``)."""
+    ``[*args, B, act(y + B)]`` (``B`` per filter slot, axis 1 of ``y``), masked:
+    ``[*args, B, Mk, act(y + B) * Mk]`` (``Mk`` per pixel, axis 2)."""
     if epilogue is None:
         return [*args, y]
     from tvm import te
@@ -291,8 +319,12 @@ def _with_epilogue(args: list, y, epilogue: str | None) -> list:
     from .epilogue import activation_expr
 
     b = te.placeholder((y.shape[1],), name="B")
-    out = te.compute(y.shape, lambda n, f, m: activation_expr(epilogue, y[n, f, m] + b[f]), name="epilogue")
-    return [*args, b, out]
+    if not masked:
+        out = te.compute(y.shape, lambda n, f, m: activation_expr(epilogue, y[n, f, m] + b[f]), name="epilogue")
+        return [*args, b, out]
+    mk = te.placeholder((y.shape[2],), name="Mk")
+    out = te.compute(y.shape, lambda n, f, m: activation_expr(epilogue, y[n, f, m] + b[f]) * mk[m], name="epilogue")
+    return [*args, b, mk, out]
 
 
 #: storage scope of the kernels' register tiles and loop scalars. On CPU, TVM lowers ``"local"``
@@ -327,21 +359,22 @@ def accumulators(rows: int, length: int) -> list:
     return [T.alloc_buffer((length,), "float32", scope=STACK_SCOPE) for _ in range(rows)]
 
 
-def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0) -> None:
-    """IR builder: ``y[n, f0 + fi, m0 + i] = act(y[...] + bias[f0 + fi])`` over a stored register tile,
-    re-read in a loop over its filters, so the activation's code exists once."""
+def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None) -> None:
+    """IR builder: ``y[n, f0 + fi, m0 + i] = act(y[...] + bias[f0 + fi])`` (times ``mask[m0 + i]``
+    when given) over a stored register tile, re-read in a loop over its filters, so the activation's
+    code exists once."""
     from tvm.tirx.script import builder as T
 
     from .epilogue import activation_expr
 
     for fi, i in register_tile(tile, T.serial):
-        out = y[n, f0 + fi, m0 + i]
-        T.buffer_store(y, activation_expr(epilogue, out + bias[f0 + fi]), [n, f0 + fi, m0 + i])
+        out = activation_expr(epilogue, y[n, f0 + fi, m0 + i] + bias[f0 + fi])
+        T.buffer_store(y, out if mask is None else out * mask[m0 + i], [n, f0 + fi, m0 + i])
 
 
 @functools.lru_cache(maxsize=512)
 def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
-                       epilogue: str | None = None, gate: bool = False):
+                       epilogue: str | None = None, gate: bool = False, masked: bool = False):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers.
@@ -370,6 +403,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
         ks = T.arg("Ks", T.buffer((fn, k), "int32"))
         gates = T.arg("G", T.buffer((g.n, g.c), "float32")) if gate else None
         bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
+        mask = T.arg("Mk", T.buffer((g.mp,), "float32")) if masked else None
         y = T.arg("Y", T.buffer((g.n, fn * ft, g.mp), "float32"))
         T.func_attr({"tirx.noalias": True})
         with T.parallel(0, g.n * outer_n) as t:
@@ -393,7 +427,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                 for fi, i in register_tile(tile):
                     T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
                 if epilogue:
-                    store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0)
+                    store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0, mask)
     return ib.get()
 
 
@@ -548,6 +582,21 @@ def planes_from_nchw(x: np.ndarray, g: ConvGeometry) -> np.ndarray:
     full[:, :, pt:pt + hh, pl:pl + ww] = x[:, :, :hh, :ww]
     ph = full.reshape(g.n, g.c, g.hq, s, g.wq, s).transpose(0, 1, 3, 5, 2, 4)
     return np.ascontiguousarray(ph.reshape(g.n, g.c, -1))
+
+
+def plane_mask(g: ConvGeometry, length: int) -> np.ndarray:
+    """``[length]`` float32: 1 where ``g``'s padded planes hold an image pixel, 0 on the padding and
+    past the planes (the factor ``Mk`` of a masked kernel writing those planes).
+
+    Example:
+        >>> g = ConvGeometry.make(1, 1, 2, 2, 1, (3, 3), 1, (1, 1, 1, 1), pixels=4)
+        >>> plane_mask(g, 20).reshape(-1, g.wq)[:4].tolist()
+        [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    ones = planes_from_nchw(np.ones((1, 1, g.h, g.w), "float32"), replace(g, n=1, c=1, row=0))[0, 0]
+    out = np.zeros(length, "float32")
+    out[: min(length, ones.size)] = ones[:length]
+    return out
 
 
 def nchw_from_planes(y: np.ndarray, g: ConvGeometry) -> np.ndarray:

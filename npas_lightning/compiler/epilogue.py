@@ -99,6 +99,9 @@ class EpilogueChain:
     act: str
     bias: np.ndarray = field(repr=False)  # [F] float32
     members: list[Any] = field(default_factory=list, repr=False)
+    #: the chain's result is read by one call only, a depthwise conv2d (so the kernel may write that
+    #: conv's padded input planes directly)
+    feeds_depthwise: bool = False
 
 
 def find_epilogues(func) -> dict[Any, EpilogueChain]:
@@ -106,6 +109,7 @@ def find_epilogues(func) -> dict[Any, EpilogueChain]:
     add (and optionally ReLU, SiLU = ``x * sigmoid(x)`` or hard-swish = ``x * clip(x + 3, 0, 6) / 6``)
     to its :class:`EpilogueChain`. Only chains whose intermediate values have no other use qualify."""
     graph = _Bindings(func)
+    var_of = {value: var for var, value in graph.bound.items()}
     chains: dict[Any, EpilogueChain] = {}
     for var in graph.order:
         if graph.op(var) != "relax.nn.conv2d":
@@ -121,8 +125,20 @@ def find_epilogues(func) -> dict[Any, EpilogueChain]:
             continue
         members = [graph.bound[add]]
         act = _match_activation(graph, add, members)
-        chains[graph.bound[var]] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members)
+        out = var_of[members[-1]]
+        chains[graph.bound[var]] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members,
+                                                 _only_depthwise_user(graph, out))
     return chains
+
+
+def _only_depthwise_user(graph: _Bindings, var) -> bool:
+    """``var`` (``[N, C, H, W]``) is read once, as the input of a depthwise conv2d (``groups == C``)."""
+    user = graph.only_user(var)
+    if user is None or graph.op(user) != "relax.nn.conv2d":
+        return False
+    call = graph.bound[user]
+    shape = _shape_of(var)
+    return call.args[0].same_as(var) and shape is not None and int(call.attrs.groups) == shape[1] > 1
 
 
 class _Bindings:

@@ -56,7 +56,9 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     tile = ConvTile(**record.tile)
     pad = tuple(s["p"])
     g = ConvGeometry.make(s["n"], s["c"], s["h"], s["w"], s["f"], (s["kh"], s["kw"]), s["s"], pad, pixels=tile.pixels)
-    if s.get("row"):  # a 1x1 conv reading a producer's output rows
+    if s.get("planes_hq"):  # a conv reading the padded planes its producer wrote
+        g = g.reading_planes(s["planes_hq"], s["row"])
+    elif s.get("row"):  # a 1x1 conv reading a producer's output rows
         g = g.reading_rows(s["row"])
     x = rng.standard_normal((g.n, g.c, g.h, g.w)).astype("float32")
     gate = rng.random((g.n, g.c)).astype("float32") if s.get("gate") else None
@@ -80,6 +82,9 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     if record.epilogue is not None:  # the kernel adds the bias and applies the activation itself
         weights.append(kernel_bias(record.bias, fp, record.order))
         ref = apply_epilogue(ref, record.bias, record.epilogue)
+    if record.mask is not None:  # a 1x1 conv writing the next conv's planes zeroes their padding
+        weights.append(record.mask)
+        ref = ref * record.mask[: g.m].reshape(g.oh, g.wq)[:, : g.ow]
     planes = planes_from_nchw(x, g)[:, :, : g.x_len]
     planes = np.pad(planes, [(0, 0), (0, 0), (0, g.x_len - planes.shape[2])])
     out = _run(func, target, [planes, *weights], (g.n, fp, g.mp))

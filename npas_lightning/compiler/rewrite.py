@@ -11,7 +11,7 @@ ordinary injective Relax ops that fusion merges into the neighbouring elementwis
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from .conv_kernel import (
     depthwise_primfunc,
     pack_conv_weight,
     pack_depthwise_weight,
+    plane_mask,
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
 from .epilogue import EpilogueChain, find_epilogues, kernel_bias
@@ -63,6 +64,9 @@ class KernelRecord:
     epilogue: str | None = None
     #: the layer's bias in model filter order (with ``epilogue``)
     bias: np.ndarray | None = field(default=None, repr=False)
+    #: per-pixel factor the kernel multiplies its activations by (a 1x1 conv writing the next depthwise
+    #: conv's padded planes: 0 on the padding), passed after ``bias``
+    mask: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,11 @@ def _shape(expr) -> list[int] | None:
 #: maps under a 5x5 depthwise; @32 the 4x4, 2x2 and 1x1 maps would compute 2-5x and copy instead)
 ROWS_INPUT_MAX_WORK = 1.25
 
+#: a 1x1 conv whose activations feed only a depthwise conv computes them over that conv's padded input
+#: planes (a masked epilogue zeroes the padding) when that is at most this many times its own pixels,
+#: instead of a separate copy of its output into the planes (see ``_planes_writer``)
+PLANES_OUTPUT_MAX_WORK = 1.25
+
 #: a kernel computes its bias and activation only when more than this fraction of the pixels it
 #: computes are valid: on 1x1 and 2x2 maps (efficientnet_b0 @32) a vector tile is mostly padding, and
 #: the activation costs less as a separate pass over the valid pixels
@@ -357,6 +366,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             self.chains_: dict[Any, EpilogueChain] = {}
             self.fused_: dict[Any, Any] = {}
             self.rows_: dict[Any, _Rows] = {}  # cropped kernel output var -> the raw rows it came from
+            # cropped 1x1 conv output var -> re-emits that conv over the padded planes of the depthwise
+            # conv reading it (see _planes_writer)
+            self.planes_: dict[Any, Callable[[ConvGeometry], tuple[Any, ConvGeometry] | None]] = {}
 
         def transform(self):
             for _, func in self.mod_.functions_items():
@@ -485,17 +497,22 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             if kind == "conv":
                 func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args))
                 packed, fp = pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
+                xf = rows.y if rows is not None else self._to_planes(x, g)
             else:
+                xf, g = self._planes_input(x, g, shape)
                 func, packed, fp = depthwise_primfunc(g, tile, epilogue=act), pack_depthwise_weight(weight), c
             gv = self._add_kernel(func, symbol)
-            xf = rows.y if rows is not None else self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), *gate_args, *_bias_args(chain, fp)],
                                                   relax.TensorType((n, fp, g.mp), "float32")))
-            keep_func = act is not None or rows is not None
+            keep_func = act is not None or rows is not None or g.row > 0
             records.append(KernelRecord(idx, kind, module, gv.name_hint, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
                                         packed, func=func if keep_func else None, epilogue=act,
                                         bias=chain.bias if act else None))
-            return self._crop(y, g, fp, width=rows.ow if rows is not None else None), act is not None
+            out = self._crop(y, g, fp, width=rows.ow if rows is not None else None)
+            if kind == "conv" and not gate_args:
+                self._planes_writer(out, x, g, tile, chain, idx, [relax.const(packed)],
+                                    lambda ge: conv_primfunc(ge, tile, epilogue=act, masked=True))
+            return out, act is not None
 
         def _rows_input(self, x, n: int, c: int, h: int, w: int) -> tuple[_Rows | None, Any]:
             """``(rows, gate)`` when the 1x1 conv input ``x`` is a kernel's cropped output, or that
@@ -524,6 +541,58 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                     break
                 v = bound
             return v
+
+        def _planes_writer(self, out, x, g: ConvGeometry, tile: ConvTile, chain: EpilogueChain | None, idx: int,
+                           consts: list, build: Callable[[ConvGeometry], Any]) -> None:
+            """Offer the 1x1 conv just lowered (record ``idx``, output ``out``, input ``x``) to the
+            depthwise conv that alone reads its activations: that conv's :meth:`_planes_input` can
+            re-emit it over the padded input planes instead of copying ``out`` into them.
+
+            The 1x1 conv then reads the planes of its own (smaller) input, computes every plane
+            position, and its masked epilogue (``build(geometry)``, ``Mk`` from :func:`plane_mask`)
+            stores ``act(conv + bias)`` on the image and 0 on the padding. The original call is left
+            for dead-code elimination and the record is replaced."""
+            if (chain is None or chain.act is None or not chain.feeds_depthwise or g.kh != 1 or g.kw != 1
+                    or g.stride != 1 or any(g.pad)):
+                return
+            n, c, f = g.n, g.c, g.f
+            # reordered filters, or filter slots padded to the tile, would need a copy of the output
+            if records[idx].order is not None or -(-f // tile.ft) * tile.ft != f:
+                return
+            h, w = _shape(x)[2:]
+            own = -(-(g.oh * g.ow) // tile.pixels) * tile.pixels
+
+            def emit(gd: ConvGeometry) -> tuple[Any, ConvGeometry] | None:
+                extra = -(-(tile.pixels - 1) // gd.wq)  # rows under each phase plane: the last tile may read on
+                g_in = replace(gd, c=c, hq=gd.hq + extra, row=0)
+                need = g_in.x_len - extra * gd.wq  # the depthwise conv reads no further
+                ge = ConvGeometry.make(n, c, 1, need, f, (1, 1), 1, (0, 0, 0, 0),
+                                       pixels=tile.pixels).reading_rows(g_in.x_len)
+                if ge.mp > PLANES_OUTPUT_MAX_WORK * own:
+                    return None
+                rec = records[idx]
+                mask = plane_mask(g_in, ge.mp)
+                func = build(ge)
+                gv = self._add_kernel(func, f"{rec.symbol.rsplit('_', 1)[0]}_{idx}_planes")  # the symbol may be shared
+                y = self.builder_.emit(relax.call_tir(
+                    gv, [self._to_planes(x, g_in), *consts, *_bias_args(chain, f), relax.const(mask)],
+                    relax.TensorType((n, f, ge.mp), "float32")))
+                shape = {**rec.shape, "h": 1, "w": need, "row": g_in.x_len, "gate": False,
+                         "planes": [h, w]}
+                records[idx] = replace(rec, symbol=gv.name_hint, shape=shape, func=func, mask=mask)
+                return y, gd.reading_planes(g_in.hq, ge.mp)
+
+            self.planes_[out] = emit
+
+        def _planes_input(self, x, g: ConvGeometry, shape: dict) -> tuple[Any, ConvGeometry]:
+            """``(planes, geometry)`` a kxk conv reads: its producer's output written in this layout
+            (:meth:`_planes_writer`; ``shape`` records it), else ``x`` copied into padded planes."""
+            writer = self.planes_.pop(self._resolve(x), None)
+            written = writer(g) if writer is not None else None
+            if written is None:
+                return self._to_planes(x, g), g
+            shape.update(planes_hq=written[1].hq, row=written[1].row)
+            return written
 
 
         def _to_planes(self, x, g: ConvGeometry):
@@ -623,7 +692,13 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
                                         pk.order, func, act, chain.bias if act else None))
-            return self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
+            out = self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
+            if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
+                self._planes_writer(out, x, g, tile, chain, idx,
+                                    [relax.const(pk.packed), relax.const(chan), relax.const(shift)],
+                                    lambda ge: conv_primfunc(ge, tile, pk.kept, counts=pk.counts, epilogue=act,
+                                                             masked=True)[0])
+            return out
 
         def _time_pattern(self, weight, geom, choice: KernelChoice) -> float:
             """Seconds of the per-pattern kernel as ``choice`` says (random input, the layer's packing)."""
@@ -677,13 +752,12 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             cands = [ConvTile(1, mt, v) for mt in planner.conv_pixel_tiles(m)]
             default = ConvTile(1, planner.depthwise_pixel_tile(shape["kh"], m), v)
 
-            def build(tile: ConvTile, epilogue: str | None = None):  # timed without the epilogue
-                g = geom(tile)
-                func, shift = depthwise_primfunc(g, tile, kept, block, epilogue=epilogue)
-                return g, func, shift
+            def build(g: ConvGeometry, tile: ConvTile, epilogue: str | None = None):  # timed without the epilogue
+                return depthwise_primfunc(g, tile, kept, block, epilogue=epilogue)
 
             def run(tile: ConvTile) -> float:
-                g, func, shift = build(tile)
+                g = geom(tile)
+                func, shift = build(g, tile)
                 shapes = [((g.n, g.c, g.x_len), "float32"), (packed.shape, "float32"),
                           (shift.shape, "int32"), ((g.n, g.c, g.mp), "float32")]
                 return measure_kernel(func, planner.spec.tvm_target, shapes, fixed_args={1: packed, 2: shift})
@@ -691,11 +765,11 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             tile, tuned = planner.sparse_tile("depthwise", shape, structure_digest(w2 != 0, scheme), cands,
                                               default, run)
             act = chain.act if chain is not None else None
-            g, func, shift = build(tile, epilogue=act)
+            xf, g = self._planes_input(x, geom(tile), shape)
+            func, shift = build(g, tile, epilogue=act)
             idx = len(records)
             symbol = f"npas_sparse_depthwise_{idx}"
             gv = self._add_kernel(func, symbol)
-            xf = self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), relax.const(shift),
                                                        *_bias_args(chain, c)],
                                                   relax.TensorType((g.n, c, g.mp), "float32")))

@@ -1,0 +1,143 @@
+"""1x1 convs writing the next depthwise conv's padded input planes: the expand conv of an inverted
+residual block computes over the planes of its (smaller) input, a masked epilogue zeroes the padding,
+and the copy of the expanded tensor into the planes disappears."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from npas_lightning.compiler import compile_model, rewrite
+from npas_lightning.compiler.conv_kernel import (
+    ConvGeometry,
+    ConvTile,
+    conv_primfunc,
+    plane_mask,
+    planes_from_nchw,
+)
+from npas_lightning.compiler.numerics import check_kernel
+
+ACTS = {"silu": nn.SiLU, "relu": nn.ReLU, "hardswish": nn.Hardswish}
+
+
+class Expand(nn.Module):
+    """1x1 expand (BN, activation) -> depthwise kxk (BN, activation) -> 1x1 project: MBConv's core."""
+
+    def __init__(self, act: str = "silu", k: int = 3, stride: int = 1, c: int = 8, e: int = 32, share: bool = False):
+        super().__init__()
+        self.share = share
+        self.pw = nn.Sequential(nn.Conv2d(c, e, 1, bias=False), nn.BatchNorm2d(e), ACTS[act]())
+        self.dw = nn.Sequential(nn.Conv2d(e, e, k, stride, k // 2, groups=e, bias=False), nn.BatchNorm2d(e),
+                                ACTS[act]())
+        self.project = nn.Conv2d(e, 16, 1)
+
+    def forward(self, x):
+        h = self.pw(x)
+        y = self.project(self.dw(h))
+        if self.share:  # the expanded tensor has a second reader: it must exist as a plain tensor
+            return y.mean((2, 3)) + h.mean((2, 3))[:, :16]
+        return y
+
+
+def _compiled(model, size: int, plan=None):
+    x = torch.randn(1, model.pw[0].in_channels, size, size)
+    compiled = compile_model(model, x, plan=plan, threads=2)
+    assert compiled.numerics["ok"], compiled.numerics
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled.run(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    for record in compiled.kernels:  # what names a diverging layer rebuilds each kernel, mask included
+        assert check_kernel(record, compiled.target.tvm_target)["max_rel"] < 1e-5, record.module
+    return {r.module: r for r in compiled.kernels}
+
+
+@pytest.mark.parametrize("act, k, stride, size", [("silu", 3, 1, 30), ("relu", 3, 2, 48), ("hardswish", 5, 1, 41),
+                                                  ("silu", 5, 2, 72)])
+def test_expand_conv_writes_the_depthwise_planes(bn_model, act, k, stride, size):
+    records = _compiled(bn_model(lambda: Expand(act, k, stride)), size)
+    pw, dw = records["pw.0"], records["dw.0"]
+    assert pw.mask is not None and pw.symbol.endswith("_planes") and pw.shape["planes"] == [size, size]
+    # the depthwise conv reads exactly the rows the expand conv wrote, in its own plane layout
+    assert dw.shape["row"] == int(pw.func.params[-1].shape[2]) == pw.mask.size
+    assert dw.shape["planes_hq"] >= ConvGeometry.make(1, 32, size, size, 32, (k, k), stride, (k // 2,) * 4,
+                                                      pixels=16).hq
+    assert pw.mask.sum() == size * size  # one 1 per image pixel, zeros on the padding and the tail
+
+
+def test_sparse_expand_conv_writes_the_planes_too(bn_model):
+    from npas_lightning.algorithms.masking import apply_masks, compute_masks
+    from npas_lightning.plan import NPASScheme
+
+    model = bn_model(lambda: Expand("silu", 3, 2))
+    plan = NPASScheme.resolve({"pw.0": {"scheme": "block_based", "rate": 2.0, "block": [16, 4]},
+                               "dw.0": {"scheme": "block_punched", "rate": 2.0, "block": [8, 1]}}, model, exclude=[])
+    apply_masks(model, compute_masks(model, plan), plan)
+    records = _compiled(model, 48, plan)
+    assert records["pw.0"].sparse["lowering"] == "block-sparse kernel" and records["pw.0"].mask is not None
+    assert records["dw.0"].sparse is not None and records["dw.0"].shape.get("planes_hq")
+
+
+def test_no_copy_of_the_expanded_tensor(bn_model):
+    """The only pad left copies the 8-channel block input, not the 32-channel expanded tensor."""
+    from tvm import tirx
+
+    from npas_lightning.compiler.frontend import import_model
+    from npas_lightning.compiler.pipeline import build_relax
+    from npas_lightning.compiler.rewrite import TilePlanner
+    from npas_lightning.compiler.targets import resolve_target
+
+    model = bn_model(lambda: Expand("silu", 3, 1))
+    spec = resolve_target("host", threads=1)
+    imported = import_model(model, torch.randn(1, 8, 30, 30))
+    mod = build_relax(imported.mod, spec, planner=TilePlanner(spec), names=imported.names).mod
+    pads = [f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "pad" in gv.name_hint]
+    assert pads and all(int(f.params[-1].shape[1]) == 8 for f in pads)
+
+
+@pytest.mark.parametrize("why, build, size", [
+    ("a second reader", lambda: Expand("silu", 3, 1, share=True), 30),
+    ("a 7x7 map under a 5x5 kernel computes 2.7x its pixels", lambda: Expand("silu", 5, 1), 7),
+])
+def test_expand_conv_keeps_its_own_layout_when_planes_do_not_pay(bn_model, why, build, size):
+    records = _compiled(bn_model(build), size)
+    assert records["pw.0"].mask is None and not records["dw.0"].shape.get("planes_hq"), why
+
+
+def test_threshold_is_read_at_compile_time(bn_model, monkeypatch):
+    monkeypatch.setattr(rewrite, "PLANES_OUTPUT_MAX_WORK", 0.0)
+    assert _compiled(bn_model(lambda: Expand("silu", 3, 1)), 30)["pw.0"].mask is None
+
+
+def test_masked_kernel_zeroes_the_padding():
+    """The masked epilogue alone: act(conv + bias) on the image, exactly 0 on the padding."""
+    from npas_lightning.compiler.numerics import _run
+    from npas_lightning.compiler.targets import resolve_target
+
+    rng = np.random.default_rng(0)
+    gd = ConvGeometry.make(1, 4, 6, 6, 4, (3, 3), 1, (1, 1, 1, 1), pixels=16)
+    ge = ConvGeometry.make(1, 4, 1, gd.x_len, 8, (1, 1), 1, (0, 0, 0, 0), pixels=16)
+    ge = ge.reading_rows(ge.mp)
+    tile = ConvTile(8, 1, 16)
+    func = conv_primfunc(ge, tile, epilogue="silu", masked=True)
+    assert [p.name for p in func.params][:4] == ["X", "W", "B", "Mk"]
+    x = planes_from_nchw(rng.standard_normal((1, 4, 6, 6)).astype("float32"), gd)
+    xr = np.pad(x, [(0, 0), (0, 0), (0, ge.mp - x.shape[2])])
+    w = rng.standard_normal((8, 4)).astype("float32")
+    bias = np.full(8, 2.0, "float32")  # silu(2) != 0: only the mask makes the padding 0
+    mask = plane_mask(gd, ge.mp)
+    out = _run(func, resolve_target("host", threads=1).tvm_target,
+               [xr, w.T[None].copy(), bias, mask], (1, 8, ge.mp))
+    z = np.einsum("fc,ncp->nfp", w, xr) + 2.0
+    np.testing.assert_allclose(out, z / (1 + np.exp(-z)) * mask, rtol=1e-5, atol=1e-6)
+    assert (out[:, :, mask == 0] == 0).all()
+
+
+def test_errors_name_the_argument():
+    g = ConvGeometry.make(1, 8, 12, 12, 8, (3, 3), 2, (1, 1, 1, 1), pixels=16)
+    with pytest.raises(ValueError, match=r"hq=7: expected at least the conv's own 8 rows per phase plane"):
+        g.reading_planes(7, 1000)
+    with pytest.raises(ValueError, match=r"row=200: a 3x3 stride-2 conv over planes of 9 rows reads 237 elements "
+                                         r"per row; expected row >= 237"):
+        g.reading_planes(9, 200)
+    g1 = ConvGeometry.make(1, 8, 4, 4, 8, (1, 1), 1, (0, 0, 0, 0), pixels=16)
+    with pytest.raises(ValueError, match="masked=True needs epilogue=...: without a bias, zero padding already gives"):
+        conv_primfunc(g1, ConvTile(8, 1, 16), masked=True)
