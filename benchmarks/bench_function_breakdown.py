@@ -10,6 +10,11 @@ The whole model is timed once for comparison.
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5     # uniform 5x plan, balanced
+    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --silu-cost
+
+``--silu-cost`` also builds the model with every kernel's SiLU epilogue replaced by ReLU (a what-if:
+its outputs are wrong, it is timed and never run for results) and times both whole models
+interleaved: the difference is what computing SiLU costs, at any pruning rate.
 
 Reshapes that the build turns into zero-copy views (``RewriteDataflowReshape``) are not counted.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 from pathlib import Path
 
@@ -57,6 +63,42 @@ def _pruned(model, rate: float):
     return model, plan
 
 
+@contextlib.contextmanager
+def _silu_as_relu():
+    """Kernels built inside compute ReLU where they would compute SiLU (timing what-if only)."""
+    from tvm import tirx
+
+    from npas_lightning.compiler import conv_kernel, dense_kernel, epilogue, pattern_kernel
+
+    real = epilogue.activation_expr
+    caches = (conv_kernel._conv_counts_built, dense_kernel._dense_counts_built, pattern_kernel._pattern_built)
+    epilogue.activation_expr = lambda act, z: tirx.max(z, tirx.const(0.0, "float32")) if act == "silu" \
+        else real(act, z)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        yield
+    finally:
+        epilogue.activation_expr = real
+        for cache in caches:
+            cache.cache_clear()
+
+
+def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 7) -> list[float]:
+    """Median ms of each executable's ``main``, timed in alternation ``rounds`` times."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vms = [relax.VirtualMachine(e, dev) for e in executables]
+    arg = tvm.runtime.tensor(x)
+    samples: list[list[float]] = [[] for _ in vms]
+    for _ in range(rounds):
+        for vm, out in zip(vms, samples, strict=True):
+            out.append(vm.time_evaluator("main", dev, number=5, repeat=1)(arg).mean * 1e3)
+    return [float(np.median(v)) for v in samples]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientnet_b0")
@@ -64,6 +106,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rate", type=float, default=None,
                    help="prune uniformly at this rate first (bench_sparse_models' balanced plan)")
+    p.add_argument("--silu-cost", action="store_true",
+                   help="also time the model with the kernels' SiLU replaced by ReLU (what-if, wrong outputs)")
     args = p.parse_args()
     import tvm
     from tvm import relax, tirx
@@ -74,8 +118,11 @@ def main() -> None:
     if args.rate is not None:
         model, _ = frozen_for_compile(*_pruned(model, args.rate), x)
     imported = import_model(model, x)
-    result = build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names,
-                         sparse_layers=getattr(imported, "sparse", None))
+    def build():
+        return build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names,
+                           sparse_layers=getattr(imported, "sparse", None))
+
+    result = build()
     result.mod = relax.transform.RewriteDataflowReshape()(result.mod)  # what the build does to reshapes
     tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -116,11 +163,20 @@ def main() -> None:
     top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
     for name, ms in top:
         print(f"{ms:7.3f} ms  {name}")
+    silu = None
+    if args.silu_cost:
+        with _silu_as_relu():
+            relu_build = build()
+        with_silu, with_relu = _interleaved_ms([executable, relu_build.executable], x.numpy())
+        silu = {"whole_model_ms": with_silu, "silu_as_relu_ms": with_relu, "silu_ms": with_silu - with_relu}
+        print(f"SiLU in the kernels: {with_silu:.2f} ms with it, {with_relu:.2f} ms with ReLU instead (wrong "
+              f"outputs, timing only), interleaved: SiLU costs {with_silu - with_relu:.2f} ms "
+              f"({(with_silu - with_relu) / with_silu:.0%})")
     suffix = "" if args.rate is None else f"_{args.rate:g}x"
     path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
                          {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
-                          "top_functions_ms": dict(top)})
+                          "top_functions_ms": dict(top), "silu_cost": silu})
     print(f"wrote {path}")
 
 

@@ -1,4 +1,4 @@
-"""Ablations of two kernel decisions, each variant timed interleaved with the other in this process.
+"""Ablations of three kernel decisions, each variant timed interleaved with the other in this process.
 
 1. Register tiles on the stack (``conv_kernel.STACK_SCOPE = "global"``) against TVM's ``"local"``
    scope, which on CPU becomes a workspace allocation per tile: the same kernel built both ways on
@@ -8,10 +8,13 @@
    kernel: the block-sparse kernel on regrouped filters (best tile), the per-pattern kernel without
    channel blocks, with channel blocks, with two filters per tile, and with blocks but ``"local"``
    accumulators.
+3. Channel blocks in the block-sparse conv (``conv_primfunc(..., cblock=...)``): the same tile with
+   one reduction and with blocks of 32 and 64 input channels, on ``block_punched`` (8, 4) 3x3 convs
+   whose input is larger (256 channels @56) and smaller (128 @28) than ``L2_INPUT_BYTES``.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_kernel_ablation.py            # about 2 minutes
+    .venv/bin/python benchmarks/bench_kernel_ablation.py            # about 3 minutes
 """
 
 from __future__ import annotations
@@ -133,11 +136,29 @@ def run_pattern(b: Bench, rates, log) -> list[dict]:
     return rows
 
 
+def run_cblock(b: Bench, rates, log) -> list[dict]:
+    rows = []
+    for layer in (Layer("3x3 256->256 @56", "conv", (1, 256, 56, 56, 256, 3, 1)),
+                  Layer("3x3 128->128 @28", "conv", (1, 128, 28, 28, 128, 3, 1))):
+        for rate in rates:
+            w = masked_weight(layer, "block_punched", rate, seed=2, block=(8, 4))
+            one = _estimate(b.conv(layer, ConvTile(8, 2, 16), w, sparse=True)[0])
+            for cblock in (32, 64):
+                blocked = _estimate(b.conv(layer, KernelChoice("block", 8, 2, 16, cblock), w, sparse=True)[0])
+                t1, tb = b.pair(one, blocked)
+                rows.append({"layer": layer.name, "rate": rate, "cblock": cblock, "one_block_ms": t1 * 1e3,
+                             "blocked_ms": tb * 1e3, "speedup": t1 / tb})
+                log(f"{layer.name} {rate:g}x cblock {cblock}: {t1 * 1e3:.3f} -> {tb * 1e3:.3f} ms, {t1 / tb:.3f}x")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15, help="interleaved rounds per pair")
     p.add_argument("--rates", type=float, nargs="+", default=[2.25, 5.0, 10.0], help="pattern rates")
+    p.add_argument("--block-rates", type=float, nargs="+", default=[2.0, 5.0, 10.0],
+                   help="block_punched rates of the channel-block ablation")
     args = p.parse_args()
     b = Bench(args.threads, args.repeats)
     console = Console()
@@ -148,6 +169,7 @@ def main() -> None:
 
     stack = run_stack(b, log)
     pattern = run_pattern(b, args.rates, log)
+    cblock = run_cblock(b, args.block_rates, log)
     t1 = Table(title="register tiles: TVM workspace ('local') vs stack ('global'), same kernel")
     for col in ("kernel", "workspace ms", "stack ms", "speedup"):
         t1.add_column(col, justify="left" if col == "kernel" else "right")
@@ -159,11 +181,18 @@ def main() -> None:
     for r in pattern:
         t2.add_row(f"{r['rate']:g}", r["kernel"], f"{r['dense_ms']:.3f}", f"{r['kernel_ms']:.3f}",
                    f"{r['speedup_vs_dense']:.2f}")
-    console.print(t1, t2)
+    t3 = Table(title="block-sparse conv (block_punched 8x4, tile 8x2): one reduction vs channel blocks")
+    for col in ("layer", "rate", "cblock", "one block ms", "blocked ms", "speedup"):
+        t3.add_column(col, justify="left" if col == "layer" else "right")
+    for r in cblock:
+        t3.add_row(r["layer"], f"{r['rate']:g}", str(r["cblock"]), f"{r['one_block_ms']:.3f}", f"{r['blocked_ms']:.3f}",
+                   f"{r['speedup']:.3f}")
+    console.print(t1, t2, t3)
     command = "python benchmarks/bench_kernel_ablation.py " + " ".join(sys.argv[1:])
     path = write_results(NAME, command.strip(), {"threads": args.threads, "repeats": args.repeats,
                                                  "elapsed_s": time.perf_counter() - t0,
-                                                 "stack_scope": stack, "pattern_kernel": pattern})
+                                                 "stack_scope": stack, "pattern_kernel": pattern,
+                                                 "block_conv_cblock": cblock})
     console.print(f"wrote {path}")
 
 

@@ -6,8 +6,9 @@ Each cell: speedup = dense kernel time / pruned-layer time, both measured interl
 
 - ``block_punched`` (convs) / ``block_based`` (FC and 1x1 convs): the block-sparse kernel
   (``conv_primfunc`` / ``dense_primfunc`` with ``kept`` and per-tile ``counts``, packed by
-  ``pack_sparse_rows``); ``+balanced`` rows use the scheme's ``balanced=True`` (equal kept counts per
-  filter band), when the scheme has that flag;
+  ``pack_sparse_rows``); the conv tiles are timed with one reduction and with channel blocks of 32
+  and 64 (``cblock``, the compiler's ``block_conv_choices``); ``+balanced`` rows use the scheme's
+  ``balanced=True`` (equal kept counts per filter band), when the scheme has that flag;
 - ``pattern`` (3x3 only): the same block-sparse conv kernel on filter tiles regrouped by pattern
   (``pack_sparse_rows(..., reorder=True)``), small filter tiles;
 - ``pattern (per-pattern kernel)``: ``pattern_primfunc``, one loop per pattern with the pattern's
@@ -45,7 +46,7 @@ from bench_compiler_layers import peak_gflops  # noqa: E402
 from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, conv_primfunc, pack_conv_weight  # noqa: E402
 from npas_lightning.compiler.dense_kernel import DenseTile, dense_primfunc, pack_dense_weight  # noqa: E402
 from npas_lightning.compiler.pattern_kernel import pack_pattern, pattern_primfunc  # noqa: E402
-from npas_lightning.compiler.rewrite import KernelChoice, pattern_kernel_choices  # noqa: E402
+from npas_lightning.compiler.rewrite import KernelChoice, block_conv_choices, pattern_kernel_choices  # noqa: E402
 from npas_lightning.compiler.sparse_pack import pack_sparse_rows  # noqa: E402
 from npas_lightning.compiler.targets import resolve_target  # noqa: E402
 from npas_lightning.schemes import achieved_rate, get_scheme  # noqa: E402
@@ -117,7 +118,11 @@ class Bench:
             return list(ev(*targs).results)
         return timer
 
-    def conv(self, layer: Layer, tile: ConvTile, weight: np.ndarray, *, sparse: bool, reorder: bool = False):
+    def conv(self, layer: Layer, tile: ConvTile | KernelChoice, weight: np.ndarray, *, sparse: bool,
+             reorder: bool = False):
+        """A conv kernel's timer; ``tile`` a ``KernelChoice`` = the block-sparse kernel in channel blocks."""
+        cblock = tile.cblock or None if isinstance(tile, KernelChoice) else None
+        tile = tile.tile if isinstance(tile, KernelChoice) else tile
         f = weight.shape[0]
         g = layer.geom(tile, f)
         x = self.rng.standard_normal((g.n, g.c, g.phases * g.plane)).astype("float32")
@@ -125,9 +130,9 @@ class Bench:
             fp = -(-f // tile.ft) * tile.ft
             return self._timer(conv_primfunc(g, tile), [x, pack_conv_weight(weight, tile.ft), (g.n, fp, g.mp)]), 1.0
         pk = pack_sparse_rows(weight.reshape(f, -1), tile.ft, reorder=reorder)
-        func, (chan, shift) = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts)
+        func, buffers = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts, cblock=cblock)
         fp = pk.packed.shape[0] * tile.ft
-        return self._timer(func, [x, pk.packed, chan, shift, (g.n, fp, g.mp)]), pk.work_fraction
+        return self._timer(func, [x, pk.packed, *buffers, (g.n, fp, g.mp)]), pk.work_fraction
 
     def pattern(self, layer: Layer, choice: KernelChoice, weight: np.ndarray):
         """The per-pattern kernel (one loop per pattern, compile-time shifts) on ``weight``."""
@@ -227,6 +232,8 @@ def run_layer(b: Bench, layer: Layer, peak: float, *, rates, blocks, pattern_rat
     has_balanced = "balanced" in get_scheme(structured).defaults
     for block in blocks:
         cand = fc_tiles(layer, block[0]) if layer.kind == "fc" else conv_tiles(layer, max_ft=max(4, block[0]))
+        if layer.kind == "conv":  # the compiler's channel-blocked candidates too
+            cand = cand + block_conv_choices(cand, layer.geom, layer.shape[1])
         for rate in rates:
             w = masked_weight(layer, structured, rate, seed=2, block=block)
             add(structured, block, rate, b.best(layer, w, cand, sparse=True), _achieved(w), "block-sparse")

@@ -37,6 +37,7 @@ __all__ = [
     "STACK_SCOPE",
     "ConvGeometry",
     "ConvTile",
+    "channel_starts",
     "check_counts",
     "const_table",
     "conv_primfunc",
@@ -185,7 +186,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
                   counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False,
-                  masked: bool = False):
+                  masked: bool = False, cblock: int | None = None):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -209,11 +210,20 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     ``masked=True`` (with ``epilogue``) adds a per-pixel factor ``Mk[Mp]`` after ``B``: the kernel
     stores ``act(conv + B) * Mk``. A 1x1 conv computing over the next conv's padded planes zeroes the
     padding that way (:func:`plane_mask`), so nobody copies its output into that layout.
+
+    ``cblock`` (with ``counts``, without ``gate``) runs the reduction in blocks of ``cblock`` input
+    channels: parallel over (image, pixel chunk), then each channel block, then every filter tile,
+    adding its part to ``Y``. A chunk's input rows of one block stay in L1 while all filter tiles
+    read them (see :func:`channel_starts`). The PrimFunc gets a buffer ``S[Fn, CB+1]`` after ``Ks``,
+    and the call returns ``(func, (chan, shift, starts))``.
     """
     from tvm import te
 
     if masked and epilogue is None:
         raise ValueError("masked=True needs epilogue=...: without a bias, zero padding already gives zero outputs")
+    if cblock is not None and (counts is None or gate):
+        raise ValueError(f"cblock={cblock!r} needs counts=... and gate=False (channel blocks split each filter "
+                         "tile's counted entries; a gate scales whole tiles)")
     ft = tile.ft
     fn = _ceil_div(g.f, ft)
     if counts is not None:
@@ -223,6 +233,10 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         counts = check_counts(counts, kept.shape)
         chan = (kept // (g.kh * g.kw)).astype("int32")
         shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
+        if cblock is not None:
+            starts = channel_starts(chan, counts, cblock, g.c)
+            return (_conv_blocked_built(g, tile, kept.shape[1], fn, starts.shape[1] - 1, epilogue, masked),
+                    (chan, shift, starts))
         return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate, masked), (chan, shift)
     x = te.placeholder((g.n, g.c, g.x_len), name="X")
     gx = te.placeholder((g.n, g.c), name="G") if gate else None
@@ -428,6 +442,73 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                     T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
                 if epilogue:
                     store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0, mask)
+    return ib.get()
+
+
+def channel_starts(chan: np.ndarray, counts: np.ndarray, cblock: int, channels: int) -> np.ndarray:
+    """``S[Fn, CB+1]`` int32: where each channel block's entries start in each filter tile's kept list
+    (``CB = ceil(channels / cblock)``; ``S[:, CB]`` = the tile's count). The first ``counts[fb]``
+    entries of ``chan[fb]`` (their input channels) must be sorted, as ``pack_sparse_rows`` makes them.
+
+    Example:
+        >>> channel_starts(np.array([[0, 3, 4, 9], [5, 6, 0, 0]]), np.array([4, 2]), 4, 10).tolist()
+        [[0, 2, 3, 4], [0, 0, 2, 2]]
+    """
+    if isinstance(cblock, bool) or not isinstance(cblock, (int, np.integer)) or not 1 <= cblock < channels:
+        raise ValueError(f"cblock={cblock!r}: expected an integer in [1, {channels}) (input channels per block, "
+                         "fewer than the layer's)")
+    chan = np.asarray(chan, dtype="int64")
+    counts = np.asarray(counts, dtype="int64")
+    real = np.arange(chan.shape[1])[None, :] < counts[:, None]
+    if (np.diff(chan, axis=1)[real[:, 1:]] < 0).any():
+        raise ValueError("kept entries are not sorted by input channel within a filter tile: channel blocks need "
+                         "each tile's counted entries in channel order (pack_sparse_rows keeps them so)")
+    bounds = np.arange(0, channels + cblock, cblock)[: -(-channels // cblock) + 1]
+    starts = ((chan[:, :, None] < bounds[None, None, :]) & real[:, :, None]).sum(1)
+    starts[:, -1] = counts
+    return starts.astype("int32")
+
+
+@functools.lru_cache(maxsize=256)
+def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks: int, epilogue: str | None = None,
+                        masked: bool = False):
+    """The block-sparse conv over channel blocks (``conv_primfunc(..., cblock=...)``): parallel over
+    (image, pixel chunk); per channel block, every filter tile adds the block's entries
+    (``S[fb, cb]`` to ``S[fb, cb+1]``) to its ``Y`` tile, the last block applying the epilogue."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script import builder as T
+
+    ft, px = tile.ft, tile.pixels
+    if g.mp % px:
+        raise ValueError(f"geometry mp={g.mp} is not a multiple of the tile's {px} pixels: build g with pixels=tile.pixels")
+    chunks = g.mp // px
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("main")
+        x = T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32"))
+        w = T.arg("W", T.buffer((fn, k, ft), "float32"))
+        kc = T.arg("Kc", T.buffer((fn, k), "int32"))
+        ks = T.arg("Ks", T.buffer((fn, k), "int32"))
+        sb = T.arg("S", T.buffer((fn, blocks + 1), "int32"))
+        bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
+        mask = T.arg("Mk", T.buffer((g.mp,), "float32")) if masked else None
+        y = T.arg("Y", T.buffer((g.n, fn * ft, g.mp), "float32"))
+        T.func_attr({"tirx.noalias": True})
+        with T.parallel(0, g.n * chunks) as t:
+            n, m0 = t // chunks, (t % chunks) * px
+            with T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
+                acc = accumulators(ft, px)
+                for fi, i in register_tile(tile):  # the first block starts from 0, the others from Y
+                    T.buffer_store(acc[fi], tirx.Select(cb == 0, tirx.const(0, "float32"), y[n, fb * ft + fi, m0 + i]),
+                                   [i])
+                with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
+                    for fi, i in register_tile(tile):
+                        T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
+                for fi, i in register_tile(tile):
+                    T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
+                if epilogue:
+                    with T.If(cb == blocks - 1), T.Then():
+                        store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0, mask)
     return ib.get()
 
 

@@ -23,6 +23,7 @@ from .conv_kernel import (
     depthwise_primfunc,
     pack_conv_weight,
     pack_depthwise_weight,
+    pixel_outer,
     plane_mask,
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
@@ -33,7 +34,7 @@ from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["SPARSE_LOWERINGS", "KernelChoice", "KernelRecord", "TilePlanner", "pattern_kernel_choices", "rewrite_kernels",
+__all__ = ["BLOCK_CONV_CBLOCKS", "SPARSE_LOWERINGS", "KernelChoice", "block_conv_choices", "KernelRecord", "TilePlanner", "pattern_kernel_choices", "rewrite_kernels",
            "time_conv_tile"]
 
 
@@ -98,7 +99,7 @@ class KernelChoice:
     ft: int
     mt: int
     vw: int
-    cblock: int = 0  # the per-pattern kernel's input channels per block (0: one block)
+    cblock: int = 0  # input channels per block, of either kernel (0: one block)
 
     @classmethod
     def of(cls, kernel: str, tile: ConvTile, cblock: int = 0) -> KernelChoice:
@@ -141,6 +142,31 @@ def pattern_kernel_choices(geom: Callable[[ConvTile], ConvGeometry], channels: i
             continue
         out.append(KernelChoice.of("pattern", tile, cblock))
     return out
+
+
+#: input channels per block that the block-sparse conv kernel is timed with (``conv_primfunc(cblock=)``)
+BLOCK_CONV_CBLOCKS = (32, 64)
+
+
+def block_conv_choices(tiles: Sequence[ConvTile], geom: Callable[[ConvTile], ConvGeometry],
+                       channels: int) -> list[KernelChoice]:
+    """The block-sparse conv's channel-blocked candidates: each tile with :data:`BLOCK_CONV_CBLOCKS`
+    that split the channels and leave at least 4 parallel (image, pixel chunk) iterations."""
+    out = []
+    for tile in tiles:
+        g = geom(tile)
+        if g.n * (g.mp // tile.pixels) < 4:
+            continue
+        out += [KernelChoice.of("block", tile, cb) for cb in BLOCK_CONV_CBLOCKS if cb < channels]
+    return out
+
+
+def _block_conv_default(tile: ConvTile, blocked: list[KernelChoice], geom) -> KernelChoice:
+    """Untuned block-sparse conv: channel blocks of 32 when one image's input does not fit in L2
+    (:func:`~npas_lightning.compiler.conv_kernel.pixel_outer`; the 3x3 256->256 @56 layer of
+    ``bench_sparse_layers.py``) and that candidate exists, else one block."""
+    pref = KernelChoice.of("block", tile, 32)
+    return pref if pixel_outer(geom(tile)) and pref in blocked else KernelChoice.of("block", tile)
 
 
 def time_conv_tile(target, kind: str, g: ConvGeometry, tile: ConvTile, *, number: int = 5, repeat: int = 3) -> float:
@@ -648,19 +674,20 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             default_ft = 4 if reorder else max([ft for ft in fts if ft <= 8] or [min(fts)])
             default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
 
-            def build(tile: ConvTile, epilogue: str | None = None, gate: bool = False):  # timed without them
-                g, pk = geom(tile), packs[tile.ft]
-                func, (chan, shift) = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue,
-                                                    gate=gate)
-                return g, pk, func, chan, shift
+            def build(tile: ConvTile, cblock: int = 0, epilogue: str | None = None, gate: bool = False,
+                      g: ConvGeometry | None = None, masked: bool = False):  # timed without epilogue and gate
+                g, pk = g or geom(tile), packs[tile.ft]
+                func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue, gate=gate,
+                                              masked=masked, cblock=cblock or None)
+                return g, pk, func, list(buffers)
 
-            def run(tile: ConvTile) -> float:
-                g, pk, func, chan, shift = build(tile)
+            def run(choice: KernelChoice) -> float:
+                g, pk, func, buffers = build(choice.tile, choice.cblock)
                 shapes = [((g.n, g.c, g.x_len), "float32"), (pk.packed.shape, "float32"),
-                          (chan.shape, "int32"), (shift.shape, "int32"),
-                          ((g.n, pk.packed.shape[0] * tile.ft, g.mp), "float32")]
+                          *[(b.shape, "int32") for b in buffers],
+                          ((g.n, pk.packed.shape[0] * choice.ft, g.mp), "float32")]
                 return measure_kernel(func, planner.spec.tvm_target, shapes,
-                                      fixed_args={1: pk.packed, 2: chan, 3: shift})
+                                      fixed_args={1: pk.packed, **{2 + i: b for i, b in enumerate(buffers)}})
 
             digest = structure_digest(w2d != 0, scheme)
             if reorder:  # the block-sparse tiles compete with the per-pattern kernel's
@@ -669,35 +696,36 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                     "pattern-conv", shape, digest, [KernelChoice.of("block", t) for t in cands] + per_pattern,
                     _pattern_default(per_pattern, KernelChoice.of("block", default), float((w2d != 0).mean()),
                                      shape["s"], v),
-                    lambda c: run(c.tile) if c.kernel == "block" else self._time_pattern(weight, geom, c))
+                    lambda c: run(c) if c.kernel == "block" else self._time_pattern(weight, geom, c))
                 if choice.kernel == "pattern":
                     return self._pattern_conv(x, weight, shape, geom, module, choice, tuned, chain)
-                tile = choice.tile
-            else:
-                tile, tuned = planner.sparse_tile("conv", shape, digest, cands, default, run)
-            tile = _fit_rows(tile, geom, rows)
+            else:  # with channel blocks where they leave enough parallel pixel chunks (not under a gate)
+                blocked = [] if gate_args else block_conv_choices(cands, geom, weight.shape[1])
+                choice, tuned = planner.sparse_tile(
+                    "block-conv", shape, digest, [KernelChoice.of("block", t) for t in cands] + blocked,
+                    _block_conv_default(default, blocked, geom), run)
+            tile, cblock = _fit_rows(choice.tile, geom, rows), choice.cblock
             act = chain.act if chain is not None else None
-            g, pk, func, chan, shift = build(tile, epilogue=act, gate=bool(gate_args))
+            g, pk, func, buffers = build(tile, cblock, epilogue=act, gate=bool(gate_args))
             idx = len(records)
             symbol = f"npas_sparse_conv_{idx}"
             gv = self._add_kernel(func, symbol)
             fp = pk.packed.shape[0] * tile.ft
             xf = rows.y if rows is not None else self._to_planes(x, g)
             y = self.builder_.emit(relax.call_tir(
-                gv, [xf, relax.const(pk.packed), relax.const(chan), relax.const(shift), *gate_args,
+                gv, [xf, relax.const(pk.packed), *[relax.const(b) for b in buffers], *gate_args,
                      *_bias_args(chain, fp, pk.order)],
                 relax.TensorType((g.n, fp, g.mp), "float32")))
             info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
                                 reorder=pk.order is not None)
+            info["cblock"] = cblock
             records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
-                                        int(round(g.flops * pk.work_fraction)), pk.packed, info, [chan, shift],
+                                        int(round(g.flops * pk.work_fraction)), pk.packed, info, buffers,
                                         pk.order, func, act, chain.bias if act else None))
             out = self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
             if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
-                self._planes_writer(out, x, g, tile, chain, idx,
-                                    [relax.const(pk.packed), relax.const(chan), relax.const(shift)],
-                                    lambda ge: conv_primfunc(ge, tile, pk.kept, counts=pk.counts, epilogue=act,
-                                                             masked=True)[0])
+                self._planes_writer(out, x, g, tile, chain, idx, [relax.const(pk.packed), *[relax.const(b) for b in buffers]],
+                                    lambda ge: build(tile, cblock, epilogue=act, g=ge, masked=True)[2])
             return out
 
         def _time_pattern(self, weight, geom, choice: KernelChoice) -> float:

@@ -39,8 +39,8 @@ class Expand(nn.Module):
         return y
 
 
-def _compiled(model, size: int, plan=None):
-    x = torch.randn(1, model.pw[0].in_channels, size, size)
+def _compiled(model, size: int, plan=None, batch: int = 1):
+    x = torch.randn(batch, model.pw[0].in_channels, size, size)
     compiled = compile_model(model, x, plan=plan, threads=2)
     assert compiled.numerics["ok"], compiled.numerics
     with torch.no_grad():
@@ -61,6 +61,11 @@ def test_expand_conv_writes_the_depthwise_planes(bn_model, act, k, stride, size)
     assert dw.shape["planes_hq"] >= ConvGeometry.make(1, 32, size, size, 32, (k, k), stride, (k // 2,) * 4,
                                                       pixels=16).hq
     assert pw.mask.sum() == size * size  # one 1 per image pixel, zeros on the padding and the tail
+
+
+def test_batched_expand_conv_writes_one_set_of_planes_per_image(bn_model):
+    records = _compiled(bn_model(lambda: Expand("silu", 3, 2)), 48, batch=2)
+    assert records["pw.0"].mask is not None and records["pw.0"].shape["n"] == 2
 
 
 def test_sparse_expand_conv_writes_the_planes_too(bn_model):

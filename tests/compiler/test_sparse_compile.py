@@ -163,7 +163,7 @@ def test_sparse_tiles_are_tuned_and_cached_by_structure(tmp_path):
     cache = TileCache(tmp_path / "tiles.json")
     x = torch.randn(1, 3, 12, 12)
     first = compile_model(model, x, plan=plan, tune=True, tile_cache=cache, threads=1, check=False)
-    keys = [k for k in cache._load() if k.startswith("conv-sparse|")]
+    keys = [k for k in cache._load() if k.startswith("block-conv-sparse|")]
     assert len(keys) == 1 and "structure" in keys[0]
     rec = next(r for r in first.kernels if r.module == "down")
     assert rec.tuned
@@ -173,4 +173,21 @@ def test_sparse_tiles_are_tuned_and_cached_by_structure(tmp_path):
     torch.manual_seed(8)
     other, plan2 = _pruned(PatternNet().eval(), {"down": {"scheme": "block_punched", "rate": 4.0, "block": [8, 4]}})
     compile_model(other, x, plan=plan2, tune=True, tile_cache=cache, threads=1, check=False)
-    assert len([k for k in cache._load() if k.startswith("conv-sparse|")]) == 2
+    assert len([k for k in cache._load() if k.startswith("block-conv-sparse|")]) == 2
+
+
+def test_block_sparse_conv_over_a_large_input_runs_in_channel_blocks():
+    """Input planes over L2_INPUT_BYTES (128 x 50 x 51 floats): untuned, the block-sparse kernel runs
+    in channel blocks of 32; a small layer keeps one block."""
+    model = nn.Sequential(nn.Conv2d(128, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 32, 3, padding=1)).eval()
+    plan = {"0": {"scheme": "block_punched", "rate": 4.0, "block": [8, 4]},
+            "2": {"scheme": "block_punched", "rate": 4.0, "block": [8, 4]}}
+    model, resolved = _pruned(model, plan)
+    x = torch.randn(1, 128, 48, 48)
+    compiled = compile_model(model, x, plan=resolved, threads=2)
+    assert compiled.numerics["ok"]
+    by_module = {r.module: r for r in compiled.kernels}
+    assert by_module["0"].sparse["cblock"] == 32 and len(by_module["0"].buffers) == 3
+    assert by_module["2"].sparse["cblock"] == 0 and len(by_module["2"].buffers) == 2
+    for record in compiled.kernels:
+        assert check_kernel(record, compiled.target.tvm_target)["max_rel"] < 1e-5, record.module

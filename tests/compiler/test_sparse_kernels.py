@@ -40,15 +40,16 @@ def _tensors(*arrays):
     return [tvm.runtime.tensor(np.ascontiguousarray(a), DEV) for a in arrays]
 
 
-def _run_sparse_conv(x, w, stride, pad, tile, *, reorder=False, counts=False):
+def _run_sparse_conv(x, w, stride, pad, tile, *, reorder=False, counts=False, cblock=None):
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     g = ConvGeometry.make(n, c, h, wd, f, (kh, kw), stride, pad, pixels=tile.pixels)
     pk = pack_sparse_rows(w.reshape(f, -1), tile.ft, reorder=reorder)
-    func, (chan, shift) = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts if counts else None)
+    func, buffers = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts if counts else None, cblock=cblock)
+    assert len(buffers) == (3 if cblock else 2)
     lib = tvm.tirx.build(func, target=TARGET)
     y = tvm.runtime.empty((n, pk.packed.shape[0] * tile.ft, g.mp), "float32", DEV)
-    lib(*_tensors(planes_from_nchw(x, g), pk.packed, chan, shift), y)
+    lib(*_tensors(planes_from_nchw(x, g), pk.packed, *buffers), y)
     out = y.numpy()
     if pk.order is not None:  # slot j holds filter order[j]
         out = out.copy()
@@ -86,6 +87,54 @@ def test_sparse_conv_matches_torch(case):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CONV_CASES[:6] + CONV_CASES[7:], ids=lambda c: f"k{c[5]}s{c[6]}n{c[0]}-{c[8]}")
+def test_channel_blocked_conv_matches_torch(case):
+    """``cblock``: the reduction in blocks of input channels (uneven last block), added up in ``Y``."""
+    n, c, f, h, w, k, s, pad, scheme, rate, params, tile = case
+    wt = _masked((f, c, k, k), scheme, rate, seed=k * 10 + s, **params)
+    x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype("float32")
+    for cblock in sorted({1, 2, (c + 1) // 2}):
+        out = _run_sparse_conv(x, wt, s, pad, tile, counts=True, cblock=cblock)
+        np.testing.assert_allclose(out, _ref_conv(x, wt, s, pad), rtol=1e-4, atol=1e-4, err_msg=f"cblock={cblock}")
+
+
+def test_channel_blocked_conv_with_epilogue_and_mask():
+    """The last channel block applies bias + activation (times the mask) to the summed tile."""
+    from npas_lightning.compiler.conv_kernel import plane_mask
+
+    rng = np.random.default_rng(3)
+    c, f = 24, 16
+    gd = ConvGeometry.make(1, c, 9, 9, f, (3, 3), 1, (1, 1, 1, 1), pixels=16)
+    ge = ConvGeometry.make(1, c, 1, gd.x_len, f, (1, 1), 1, (0, 0, 0, 0), pixels=16)
+    ge = ge.reading_rows(ge.mp)
+    w = _masked((f, c), "block_based", 2.0, seed=3, block=(8, 4))
+    pk = pack_sparse_rows(w, 8)
+    func, buffers = conv_primfunc(ge, ConvTile(8, 1, 16), pk.kept, counts=pk.counts, epilogue="silu", masked=True,
+                                  cblock=8)
+    assert [p.name for p in func.params] == ["X", "W", "Kc", "Ks", "S", "B", "Mk", "Y"]
+    xr = np.zeros((1, c, ge.mp), "float32")
+    xr[:, :, : gd.x_len] = planes_from_nchw(rng.standard_normal((1, c, 9, 9)).astype("float32"), gd)
+    bias, mask = rng.standard_normal(f).astype("float32"), plane_mask(gd, ge.mp)
+    y = tvm.runtime.empty((1, f, ge.mp), "float32", DEV)
+    tvm.tirx.build(func, target=TARGET)(*_tensors(xr, pk.packed, *buffers, bias, mask), y)
+    z = np.einsum("fc,ncp->nfp", w, xr) + bias[None, :, None]
+    np.testing.assert_allclose(y.numpy(), z / (1 + np.exp(-z)) * mask, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_starts_and_errors():
+    from npas_lightning.compiler.conv_kernel import channel_starts
+
+    chan, counts = np.array([[0, 3, 4, 9], [5, 6, 0, 0], [1, 1, 1, 1]]), np.array([4, 2, 0])
+    assert channel_starts(chan, counts, 4, 10).tolist() == [[0, 2, 3, 4], [0, 0, 2, 2], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match=r"cblock=10: expected an integer in \[1, 10\)"):
+        channel_starts(chan, counts, 10, 10)
+    with pytest.raises(ValueError, match="kept entries are not sorted by input channel within a filter tile"):
+        channel_starts(np.array([[3, 1]]), np.array([2]), 2, 4)
+    g = ConvGeometry.make(1, 8, 6, 6, 8, (3, 3), 1, (1, 1, 1, 1), pixels=16)
+    with pytest.raises(ValueError, match=r"cblock=4 needs counts=\.\.\. and gate=False"):
+        conv_primfunc(g, ConvTile(8, 1, 16), kept=np.zeros((1, 3), "int32"), cblock=4)
+
+
 def test_sparse_conv_unbalanced_and_empty_tiles():
     """Tiles keeping different counts (one keeps nothing) are padded to the largest count, exactly."""
     f, c, k = 12, 6, 3
@@ -102,6 +151,8 @@ def test_sparse_conv_unbalanced_and_empty_tiles():
     for counts_on in (False, True):  # padded rectangle, and per-tile counts (padding skipped)
         np.testing.assert_allclose(_run_sparse_conv(x, wt, 1, (1, 1, 1, 1), ConvTile(4, 1, 16), counts=counts_on),
                                    ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_run_sparse_conv(x, wt, 1, (1, 1, 1, 1), ConvTile(4, 1, 16), counts=True, cblock=4),
+                               ref, rtol=1e-4, atol=1e-4)  # channel blocks, the empty tile adding nothing
 
 
 def test_pattern_conv_with_filter_reorder_matches_torch():
