@@ -10,11 +10,15 @@ The whole model is timed once for comparison.
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5     # uniform 5x plan, balanced
-    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --silu-cost
+    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare silu planes
 
-``--silu-cost`` also builds the model with every kernel's SiLU epilogue replaced by ReLU (a what-if:
-its outputs are wrong, it is timed and never run for results) and times both whole models
-interleaved: the difference is what computing SiLU costs, at any pruning rate.
+``--compare`` also builds the model other ways and times every build's whole model interleaved
+with the one compiled as usual:
+
+- ``silu``: every kernel's SiLU epilogue replaced by ReLU (a what-if: its outputs are wrong, it is
+  timed, never used for results); the difference is what computing SiLU costs, at any pruning rate;
+- ``planes``: no 1x1 conv writing the next depthwise conv's padded planes
+  (``PLANES_OUTPUT_MAX_WORK = 0``): the expanded tensors are copied into the planes instead.
 
 Reshapes that the build turns into zero-copy views (``RewriteDataflowReshape``) are not counted.
 """
@@ -64,6 +68,19 @@ def _pruned(model, rate: float):
 
 
 @contextlib.contextmanager
+def _no_planes_output():
+    """Kernels built inside copy every depthwise conv's input into its planes (PLANES_OUTPUT_MAX_WORK = 0)."""
+    from npas_lightning.compiler import rewrite
+
+    real = rewrite.PLANES_OUTPUT_MAX_WORK
+    rewrite.PLANES_OUTPUT_MAX_WORK = 0.0
+    try:
+        yield
+    finally:
+        rewrite.PLANES_OUTPUT_MAX_WORK = real
+
+
+@contextlib.contextmanager
 def _silu_as_relu():
     """Kernels built inside compute ReLU where they would compute SiLU (timing what-if only)."""
     from tvm import tirx
@@ -82,6 +99,11 @@ def _silu_as_relu():
         epilogue.activation_expr = real
         for cache in caches:
             cache.cache_clear()
+
+
+#: --compare keys: (label, context manager building the model that way)
+COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
+               "planes": ("no planes output (PLANES_OUTPUT_MAX_WORK = 0)", _no_planes_output)}
 
 
 def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 7) -> list[float]:
@@ -106,8 +128,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rate", type=float, default=None,
                    help="prune uniformly at this rate first (bench_sparse_models' balanced plan)")
-    p.add_argument("--silu-cost", action="store_true",
-                   help="also time the model with the kernels' SiLU replaced by ReLU (what-if, wrong outputs)")
+    p.add_argument("--compare", nargs="*", default=[], choices=sorted(COMPARISONS),
+                   help="also build the model these ways and time all whole models interleaved (see above)")
     args = p.parse_args()
     import tvm
     from tvm import relax, tirx
@@ -163,20 +185,22 @@ def main() -> None:
     top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
     for name, ms in top:
         print(f"{ms:7.3f} ms  {name}")
-    silu = None
-    if args.silu_cost:
-        with _silu_as_relu():
-            relu_build = build()
-        with_silu, with_relu = _interleaved_ms([executable, relu_build.executable], x.numpy())
-        silu = {"whole_model_ms": with_silu, "silu_as_relu_ms": with_relu, "silu_ms": with_silu - with_relu}
-        print(f"SiLU in the kernels: {with_silu:.2f} ms with it, {with_relu:.2f} ms with ReLU instead (wrong "
-              f"outputs, timing only), interleaved: SiLU costs {with_silu - with_relu:.2f} ms "
-              f"({(with_silu - with_relu) / with_silu:.0%})")
+    compared = {}
+    if args.compare:
+        builds = [executable]
+        for key in args.compare:
+            with COMPARISONS[key][1]():
+                builds.append(build().executable)
+        times = _interleaved_ms(builds, x.numpy())
+        compared = {"as compiled": times[0], **{COMPARISONS[k][0]: t for k, t in zip(args.compare, times[1:],
+                                                                                     strict=True)}}
+        for label, ms in compared.items():
+            print(f"{ms:7.2f} ms  whole model, {label} ({ms - times[0]:+.2f} ms)")
     suffix = "" if args.rate is None else f"_{args.rate:g}x"
     path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
                          {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
-                          "top_functions_ms": dict(top), "silu_cost": silu})
+                          "top_functions_ms": dict(top), "compared_whole_model_ms": compared})
     print(f"wrote {path}")
 
 
