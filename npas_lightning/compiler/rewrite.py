@@ -34,8 +34,8 @@ from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "SPARSE_LOWERINGS", "KernelChoice", "block_conv_choices", "KernelRecord", "TilePlanner", "pattern_kernel_choices", "rewrite_kernels",
-           "time_conv_tile"]
+__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "SPARSE_LOWERINGS", "KernelChoice", "KernelRecord",
+           "TilePlanner", "block_conv_choices", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
 
 
 @dataclass
@@ -724,7 +724,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                                         pk.order, func, act, chain.bias if act else None))
             out = self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
             if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
-                self._planes_writer(out, x, g, tile, chain, idx, [relax.const(pk.packed), *[relax.const(b) for b in buffers]],
+                consts = [relax.const(pk.packed), *[relax.const(b) for b in buffers]]
+                self._planes_writer(out, x, g, tile, chain, idx, consts,
                                     lambda ge: build(tile, cblock, epilogue=act, g=ge, masked=True)[2])
             return out
 
