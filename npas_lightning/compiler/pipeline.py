@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .fastmath import fast_math
 from .fold import fold_constants
 from .generic_schedule import schedule_module
-from .rewrite import KernelRecord, TilePlanner, rewrite_kernels
+from .rewrite import KernelRecord, TilePlanner, drop_unused_kernels, rewrite_kernels
 from .targets import TargetSpec
 
 __all__ = ["BuildResult", "build_relax"]
@@ -45,6 +45,7 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
         # drop the aliases and the calls the kernels took over (bias / activation / gated input, crops
         # nobody reads any more) before fusion, so fusion only groups what is still computed
         mod = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
+        mod = drop_unused_kernels(mod)
         mod = fast_math(mod)
     timings["rewrite_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()

@@ -35,7 +35,7 @@ from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
 __all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "SPARSE_LOWERINGS", "KernelChoice", "KernelRecord",
-           "TilePlanner", "block_conv_choices", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
+           "TilePlanner", "block_conv_choices", "drop_unused_kernels", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
 
 
 @dataclass
@@ -870,6 +870,25 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
     new_mod = _Rewriter(mod).transform()
     return new_mod, records
+
+
+def drop_unused_kernels(mod):
+    """``mod`` without the project kernels no Relax function calls any more (a 1x1 conv re-emitted
+    over the next conv's planes leaves its first kernel behind: Relax's dead-code elimination keeps
+    functions that carry a ``global_symbol``, and LLVM would build them for nothing)."""
+    from tvm import relax, tirx
+
+    called = set()
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda e: called.add(e.name_hint) if isinstance(e, relax.GlobalVar) else None)
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and "npas.kernel" in func.attrs \
+                and gv.name_hint not in called:
+            del mod[gv]
+    return mod
 
 
 def _op(name: str):
