@@ -10,15 +10,19 @@ The whole model is timed once for comparison.
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5     # uniform 5x plan, balanced
-    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare silu planes
+    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare silu planes --planes-limits 1.25 1.5
+    .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --rate 5 --compare planes --planes-limits 1.25 1.5 2
 
 ``--compare`` also builds the model other ways and times every build's whole model interleaved
 with the one compiled as usual:
 
 - ``silu``: every kernel's SiLU epilogue replaced by ReLU (a what-if: its outputs are wrong, it is
   timed, never used for results); the difference is what computing SiLU costs, at any pruning rate;
-- ``planes``: no 1x1 conv writing the next depthwise conv's padded planes
-  (``PLANES_OUTPUT_MAX_WORK = 0``): the expanded tensors are copied into the planes instead.
+- ``planes``: no 1x1 conv writing the next depthwise conv's padded planes (both planes limits 0):
+  the expanded tensors are copied into the planes instead.
+
+``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
+``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.
 
 Reshapes that the build turns into zero-copy views (``RewriteDataflowReshape``) are not counted.
 """
@@ -68,16 +72,17 @@ def _pruned(model, rate: float):
 
 
 @contextlib.contextmanager
-def _no_planes_output():
-    """Kernels built inside copy every depthwise conv's input into its planes (PLANES_OUTPUT_MAX_WORK = 0)."""
+def _planes_limit(limit: float):
+    """Kernels built inside write a depthwise conv's planes up to ``limit`` x their pixels, whatever
+    the activation (``PLANES_OUTPUT_MAX_WORK`` and ``..._SILU``; 0: never, every input copied)."""
     from npas_lightning.compiler import rewrite
 
-    real = rewrite.PLANES_OUTPUT_MAX_WORK
-    rewrite.PLANES_OUTPUT_MAX_WORK = 0.0
+    real = rewrite.PLANES_OUTPUT_MAX_WORK, rewrite.PLANES_OUTPUT_MAX_WORK_SILU
+    rewrite.PLANES_OUTPUT_MAX_WORK = rewrite.PLANES_OUTPUT_MAX_WORK_SILU = limit
     try:
         yield
     finally:
-        rewrite.PLANES_OUTPUT_MAX_WORK = real
+        rewrite.PLANES_OUTPUT_MAX_WORK, rewrite.PLANES_OUTPUT_MAX_WORK_SILU = real
 
 
 @contextlib.contextmanager
@@ -103,7 +108,7 @@ def _silu_as_relu():
 
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
-               "planes": ("no planes output (PLANES_OUTPUT_MAX_WORK = 0)", _no_planes_output)}
+               "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0))}
 
 
 def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 7) -> list[float]:
@@ -130,6 +135,8 @@ def main() -> None:
                    help="prune uniformly at this rate first (bench_sparse_models' balanced plan)")
     p.add_argument("--compare", nargs="*", default=[], choices=sorted(COMPARISONS),
                    help="also build the model these ways and time all whole models interleaved (see above)")
+    p.add_argument("--planes-limits", nargs="*", type=float, default=[],
+                   help="also build with both planes limits set to each value (timed with --compare)")
     args = p.parse_args()
     import tvm
     from tvm import relax, tirx
@@ -186,14 +193,15 @@ def main() -> None:
     for name, ms in top:
         print(f"{ms:7.3f} ms  {name}")
     compared = {}
-    if args.compare:
+    variants = [(COMPARISONS[k][0], COMPARISONS[k][1]) for k in args.compare]
+    variants += [(f"planes limits {v:g}", lambda v=v: _planes_limit(v)) for v in args.planes_limits]
+    if variants:
         builds = [executable]
-        for key in args.compare:
-            with COMPARISONS[key][1]():
+        for _, way in variants:
+            with way():
                 builds.append(build().executable)
         times = _interleaved_ms(builds, x.numpy())
-        compared = {"as compiled": times[0], **{COMPARISONS[k][0]: t for k, t in zip(args.compare, times[1:],
-                                                                                     strict=True)}}
+        compared = {"as compiled": times[0], **{label: t for (label, _), t in zip(variants, times[1:], strict=True)}}
         for label, ms in compared.items():
             print(f"{ms:7.2f} ms  whole model, {label} ({ms - times[0]:+.2f} ms)")
     suffix = "" if args.rate is None else f"_{args.rate:g}x"

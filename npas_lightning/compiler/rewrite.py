@@ -34,7 +34,7 @@ from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "SPARSE_LOWERINGS", "KernelChoice", "KernelRecord",
+__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "KernelChoice", "KernelRecord",
            "TilePlanner", "block_conv_choices", "drop_unused_kernels", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
 
 
@@ -285,8 +285,13 @@ ROWS_INPUT_MAX_WORK = 1.25
 
 #: a 1x1 conv whose activations feed only a depthwise conv computes them over that conv's padded input
 #: planes (a masked epilogue zeroes the padding) when that is at most this many times its own pixels,
-#: instead of a separate copy of its output into the planes (see ``_planes_writer``)
-PLANES_OUTPUT_MAX_WORK = 1.25
+#: instead of a separate copy of its output into the planes (see ``_planes_writer``). ReLU, hard-swish
+#: or no activation: ``bench_function_breakdown.py --planes-limits`` on mobilenetv3_large_100
+PLANES_OUTPUT_MAX_WORK = 1.5
+
+#: the same limit for a SiLU epilogue, whose exp and division make every extra plane position cost
+#: more (efficientnet_b0: 1.5 was no faster than 1.25 at 5x and slower dense)
+PLANES_OUTPUT_MAX_WORK_SILU = 1.25
 
 #: a kernel computes its bias and activation only when more than this fraction of the pixels it
 #: computes are valid: on 1x1 and 2x2 maps (efficientnet_b0 @32) a vector tile is mostly padding, and
@@ -594,7 +599,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 need = g_in.x_len - extra * gd.wq  # the depthwise conv reads no further
                 ge = ConvGeometry.make(n, c, 1, need, f, (1, 1), 1, (0, 0, 0, 0),
                                        pixels=tile.pixels).reading_rows(g_in.x_len)
-                if ge.mp > PLANES_OUTPUT_MAX_WORK * own:
+                limit = PLANES_OUTPUT_MAX_WORK_SILU if chain.act == "silu" else PLANES_OUTPUT_MAX_WORK
+                if ge.mp > limit * own:
                     return None
                 rec = records[idx]
                 mask = plane_mask(g_in, ge.mp)

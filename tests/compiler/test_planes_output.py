@@ -110,9 +110,18 @@ def test_expand_conv_keeps_its_own_layout_when_planes_do_not_pay(bn_model, why, 
     assert records["pw.0"].mask is None and not records["dw.0"].shape.get("planes_hq"), why
 
 
-def test_threshold_is_read_at_compile_time(bn_model, monkeypatch):
-    monkeypatch.setattr(rewrite, "PLANES_OUTPUT_MAX_WORK", 0.0)
+def test_limits_are_read_at_compile_time_per_activation(bn_model, monkeypatch):
+    monkeypatch.setattr(rewrite, "PLANES_OUTPUT_MAX_WORK_SILU", 0.0)
     assert _compiled(bn_model(lambda: Expand("silu", 3, 1)), 30)["pw.0"].mask is None
+    assert _compiled(bn_model(lambda: Expand("relu", 3, 1)), 30)["pw.0"].mask is not None
+    monkeypatch.setattr(rewrite, "PLANES_OUTPUT_MAX_WORK", 0.0)
+    assert _compiled(bn_model(lambda: Expand("relu", 3, 1)), 30)["pw.0"].mask is None
+
+
+def test_cheap_activations_take_planes_with_more_padding(bn_model):
+    """30x30 under a stride-2 3x3 computes 1.28x the map's pixels: over the SiLU limit, within the other."""
+    assert _compiled(bn_model(lambda: Expand("relu", 3, 2)), 30)["pw.0"].mask is not None
+    assert _compiled(bn_model(lambda: Expand("silu", 3, 2)), 30)["pw.0"].mask is None
 
 
 def test_masked_kernel_zeroes_the_padding():
