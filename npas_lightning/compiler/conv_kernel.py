@@ -401,20 +401,14 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
     from tvm.tirx.script import builder as T
 
     counts = np.asarray(counts_key, dtype="int64")
-    ft, mt, vw = tile.ft, tile.mt, tile.vw
+    ft = tile.ft
     fn = counts.shape[0]
-    px = mt * vw
-    if g.mp % px:
-        raise ValueError(f"geometry mp={g.mp} is not a multiple of the tile's {px} pixels: build g with pixels=tile.pixels")
+    px = _check_pixels(g, tile)
     swap = pixel_outer(g)
     outer_n, inner_n = (g.mp // px, fn) if swap else (fn, g.mp // px)
 
     with IRBuilder() as ib, T.prim_func():
-        T.func_name("main")
-        x = T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32"))
-        w = T.arg("W", T.buffer((fn, k, ft), "float32"))
-        kc = T.arg("Kc", T.buffer((fn, k), "int32"))
-        ks = T.arg("Ks", T.buffer((fn, k), "int32"))
+        x, w, kc, ks = _gathered_conv_args(g, fn, k, ft)
         gates = T.arg("G", T.buffer((g.n, g.c), "float32")) if gate else None
         bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
         mask = T.arg("Mk", T.buffer((g.mp,), "float32")) if masked else None
@@ -443,6 +437,24 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                 if epilogue:
                     store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0, mask)
     return ib.get()
+
+
+def _check_pixels(g: ConvGeometry, tile: ConvTile) -> int:
+    """The tile's pixels, which must divide ``g.mp`` (``g`` built with ``pixels=tile.pixels``)."""
+    px = tile.pixels
+    if g.mp % px:
+        raise ValueError(f"geometry mp={g.mp} is not a multiple of the tile's {px} pixels: build g with pixels=tile.pixels")
+    return px
+
+
+def _gathered_conv_args(g: ConvGeometry, fn: int, k: int, ft: int) -> tuple:
+    """IR builder, inside ``T.prim_func()``: name the function and declare the block-sparse conv's first
+    arguments, ``X[N, C, row]``, ``W[Fn, K, ft]`` and the gather indices ``Kc``, ``Ks`` ``[Fn, K]``."""
+    from tvm.tirx.script import builder as T
+
+    T.func_name("main")
+    return (T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32")), T.arg("W", T.buffer((fn, k, ft), "float32")),
+            T.arg("Kc", T.buffer((fn, k), "int32")), T.arg("Ks", T.buffer((fn, k), "int32")))
 
 
 def channel_starts(chan: np.ndarray, counts: np.ndarray, cblock: int, channels: int) -> np.ndarray:
@@ -479,16 +491,10 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
 
-    ft, px = tile.ft, tile.pixels
-    if g.mp % px:
-        raise ValueError(f"geometry mp={g.mp} is not a multiple of the tile's {px} pixels: build g with pixels=tile.pixels")
+    ft, px = tile.ft, _check_pixels(g, tile)
     chunks = g.mp // px
     with IRBuilder() as ib, T.prim_func():
-        T.func_name("main")
-        x = T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32"))
-        w = T.arg("W", T.buffer((fn, k, ft), "float32"))
-        kc = T.arg("Kc", T.buffer((fn, k), "int32"))
-        ks = T.arg("Ks", T.buffer((fn, k), "int32"))
+        x, w, kc, ks = _gathered_conv_args(g, fn, k, ft)
         sb = T.arg("S", T.buffer((fn, blocks + 1), "int32"))
         bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
         mask = T.arg("Mk", T.buffer((g.mp,), "float32")) if masked else None
