@@ -504,9 +504,13 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
             n, m0 = t // chunks, (t % chunks) * px
             with T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
                 acc = accumulators(ft, px)
-                for fi, i in register_tile(tile):  # the first block starts from 0, the others from Y
-                    T.buffer_store(acc[fi], tirx.Select(cb == 0, tirx.const(0, "float32"), y[n, fb * ft + fi, m0 + i]),
-                                   [i])
+                with T.If(cb == 0):  # the first block starts from 0, the others from Y (a branch: a
+                    with T.Then():   # select would load Y on the first block too)
+                        for fi, i in register_tile(tile):
+                            T.buffer_store(acc[fi], tirx.const(0, "float32"), [i])
+                    with T.Else():
+                        for fi, i in register_tile(tile):
+                            T.buffer_store(acc[fi], y[n, fb * ft + fi, m0 + i], [i])
                 with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
                     for fi, i in register_tile(tile):
                         T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
