@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from rich.table import Table
 
 from npas_lightning.compiler.frontend import import_model
 from npas_lightning.compiler.pipeline import build_relax
-from npas_lightning.compiler.rewrite import TilePlanner
+from npas_lightning.compiler.rewrite import TilePlanner, clear_kernel_caches
 from npas_lightning.compiler.targets import resolve_target
 from npas_lightning.compiler.tuning import TileCache
 from npas_lightning.shrink import frozen_for_compile
@@ -90,20 +91,17 @@ def _silu_as_relu():
     """Kernels built inside compute ReLU where they would compute SiLU (timing what-if only)."""
     from tvm import tirx
 
-    from npas_lightning.compiler import conv_kernel, dense_kernel, epilogue, pattern_kernel
+    from npas_lightning.compiler import epilogue
 
     real = epilogue.activation_expr
-    caches = (conv_kernel._conv_counts_built, dense_kernel._dense_counts_built, pattern_kernel._pattern_built)
     epilogue.activation_expr = lambda act, z: tirx.max(z, tirx.const(0.0, "float32")) if act == "silu" \
         else real(act, z)
-    for cache in caches:
-        cache.cache_clear()
+    clear_kernel_caches()
     try:
         yield
     finally:
         epilogue.activation_expr = real
-        for cache in caches:
-            cache.cache_clear()
+        clear_kernel_caches()
 
 
 #: --compare keys: (label, context manager building the model that way)
@@ -192,6 +190,11 @@ def main() -> None:
     top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
     for name, ms in top:
         print(f"{ms:7.3f} ms  {name}")
+    writers = {r.module: {"map": r.shape["planes"], "positions_vs_map": len(r.mask) / math.prod(r.shape["planes"])}
+               for r in result.records if r.mask is not None}
+    print(f"1x1 convs writing a depthwise conv's planes: {len(writers)}")
+    for module, w in writers.items():
+        print(f"  {module} @{w['map'][0]}x{w['map'][1]}: {w['positions_vs_map']:.3f}x the map's positions")
     compared = {}
     variants = [(COMPARISONS[k][0], COMPARISONS[k][1]) for k in args.compare]
     variants += [(f"planes limits {v:g}", lambda v=v: _planes_limit(v)) for v in args.planes_limits]
@@ -208,7 +211,8 @@ def main() -> None:
     path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
                          {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
-                          "top_functions_ms": dict(top), "compared_whole_model_ms": compared})
+                          "top_functions_ms": dict(top), "compared_whole_model_ms": compared,
+                          "planes_writers": writers})
     print(f"wrote {path}")
 
 

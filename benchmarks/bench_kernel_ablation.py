@@ -36,7 +36,7 @@ from bench_sparse_layers import PATTERN_TILES, Bench, Layer, conv_tiles, masked_
 
 from npas_lightning.compiler import conv_kernel, dense_kernel, pattern_kernel  # noqa: E402
 from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, depthwise_primfunc  # noqa: E402
-from npas_lightning.compiler.rewrite import KernelChoice  # noqa: E402
+from npas_lightning.compiler.rewrite import KernelChoice, clear_kernel_caches  # noqa: E402
 
 NAME = "bench_kernel_ablation"
 
@@ -48,16 +48,13 @@ def scope(name: str):
     old = [m.STACK_SCOPE for m in mods]
     for m in mods:
         m.STACK_SCOPE = name
-    for cached in (conv_kernel._conv_counts_built, dense_kernel._dense_counts_built, pattern_kernel._pattern_built):
-        cached.cache_clear()
+    clear_kernel_caches()
     try:
         yield
     finally:
         for m, o in zip(mods, old, strict=True):
             m.STACK_SCOPE = o
-        for cached in (conv_kernel._conv_counts_built, dense_kernel._dense_counts_built,
-                       pattern_kernel._pattern_built):
-            cached.cache_clear()
+        clear_kernel_caches()
 
 
 def _estimate(timer) -> tuple:

@@ -333,12 +333,12 @@ def _with_epilogue(args: list, y, epilogue: str | None, masked: bool = False) ->
     from .epilogue import activation_expr
 
     b = te.placeholder((y.shape[1],), name="B")
-    if not masked:
-        out = te.compute(y.shape, lambda n, f, m: activation_expr(epilogue, y[n, f, m] + b[f]), name="epilogue")
-        return [*args, b, out]
-    mk = te.placeholder((y.shape[2],), name="Mk")
-    out = te.compute(y.shape, lambda n, f, m: activation_expr(epilogue, y[n, f, m] + b[f]) * mk[m], name="epilogue")
-    return [*args, b, mk, out]
+    mk = te.placeholder((y.shape[2],), name="Mk") if masked else None
+
+    def out(n, f, m):
+        z = activation_expr(epilogue, y[n, f, m] + b[f])
+        return z if mk is None else z * mk[m]
+    return [*args, b, *([mk] if masked else []), te.compute(y.shape, out, name="epilogue")]
 
 
 #: storage scope of the kernels' register tiles and loop scalars. On CPU, TVM lowers ``"local"``

@@ -35,7 +35,7 @@ from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
 __all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "KernelChoice", "KernelRecord",
-           "TilePlanner", "block_conv_choices", "drop_unused_kernels", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
+           "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
 
 
 @dataclass
@@ -583,8 +583,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             position, and its masked epilogue (``build(geometry)``, ``Mk`` from :func:`plane_mask`)
             stores ``act(conv + bias)`` on the image and 0 on the padding. The original call is left
             for dead-code elimination and the record is replaced."""
-            if (chain is None or chain.act is None or not chain.feeds_depthwise or g.kh != 1 or g.kw != 1
-                    or g.stride != 1 or any(g.pad)):
+            if (chain is None or not chain.feeds_depthwise or g.kh != 1 or g.kw != 1 or g.stride != 1
+                    or any(g.pad)):
                 return
             n, c, f = g.n, g.c, g.f
             # reordered filters, or filter slots padded to the tile, would need a copy of the output
@@ -889,12 +889,23 @@ def drop_unused_kernels(mod):
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(
                 func, lambda e: called.add(e.name_hint) if isinstance(e, relax.GlobalVar) else None)
-    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod = mod.clone()
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and func.attrs is not None and "npas.kernel" in func.attrs \
                 and gv.name_hint not in called:
             del mod[gv]
     return mod
+
+
+def clear_kernel_caches() -> None:
+    """Forget the memoised IR-builder kernels (counts, channel-blocked, dense, per-pattern), so that
+    kernels built next read the module settings again (``STACK_SCOPE``, ``epilogue.activation_expr``
+    in the benchmarks' ablations)."""
+    from . import conv_kernel, dense_kernel, pattern_kernel
+
+    for built in (conv_kernel._conv_counts_built, conv_kernel._conv_blocked_built, dense_kernel._dense_counts_built,
+                  pattern_kernel._pattern_built):
+        built.cache_clear()
 
 
 def _op(name: str):
