@@ -12,6 +12,7 @@ The whole model is timed once for comparison.
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5     # uniform 5x plan, balanced
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare silu planes --planes-limits 1.25 1.5
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --rate 5 --compare planes --planes-limits 1.25 1.5 2
+    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare activations silu
 
 ``--compare`` also builds the model other ways and times every build's whole model interleaved
 with the one compiled as usual:
@@ -19,7 +20,9 @@ with the one compiled as usual:
 - ``silu``: every kernel's SiLU epilogue replaced by ReLU (a what-if: its outputs are wrong, it is
   timed, never used for results); the difference is what computing SiLU costs, at any pruning rate;
 - ``planes``: no 1x1 conv writing the next depthwise conv's padded planes (both planes limits 0):
-  the expanded tensors are copied into the planes instead.
+  the expanded tensors are copied into the planes instead;
+- ``activations``: SiLU and hard-swish in the forms the kernels used before (TOPI's Cephes exp and
+  a division by 6, see ``bench_kernel_ablation.py``).
 
 ``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
 ``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.
@@ -104,9 +107,18 @@ def _silu_as_relu():
         clear_kernel_caches()
 
 
+def _activations_before():
+    """Kernels built inside compute SiLU and hard-swish in their earlier forms (TOPI's Cephes exp,
+    a division by 6; ``bench_kernel_ablation.activation_forms``)."""
+    from bench_kernel_ablation import activation_forms
+
+    return activation_forms("before")
+
+
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
-               "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0))}
+               "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0)),
+               "activations": ("activations as before (Cephes exp, division by 6)", _activations_before)}
 
 
 def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 7) -> list[float]:

@@ -11,10 +11,15 @@
 3. Channel blocks in the block-sparse conv (``conv_primfunc(..., cblock=...)``): the same tile with
    one reduction and with blocks of 32 and 64 input channels, on ``block_punched`` (8, 4) 3x3 convs
    whose input is larger (256 channels @56) and smaller (128 @28) than ``L2_INPUT_BYTES``.
+4. Activation forms in the kernels' epilogues: SiLU's exp by Horner's rule with rounding by a shifter
+   (:func:`~npas_lightning.compiler.epilogue.fast_exp`) against TOPI's Cephes form, and hard-swish
+   times 1/6 against a division by 6, on sparse 1x1 expand convs and depthwise convs of
+   efficientnet_b0's and mobilenetv3's shapes.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_kernel_ablation.py            # about 3 minutes
+    .venv/bin/python benchmarks/bench_kernel_ablation.py            # about 4 minutes
+    .venv/bin/python benchmarks/bench_kernel_ablation.py --only activation
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 from bench_sparse_layers import PATTERN_TILES, Bench, Layer, conv_tiles, masked_weight  # noqa: E402
 
-from npas_lightning.compiler import conv_kernel, dense_kernel, pattern_kernel  # noqa: E402
-from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, depthwise_primfunc  # noqa: E402
+from npas_lightning.compiler import conv_kernel, dense_kernel, epilogue, pattern_kernel  # noqa: E402
+from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, conv_primfunc, depthwise_primfunc  # noqa: E402
 from npas_lightning.compiler.rewrite import KernelChoice, clear_kernel_caches  # noqa: E402
+from npas_lightning.compiler.sparse_pack import pack_sparse_rows  # noqa: E402
 
 NAME = "bench_kernel_ablation"
+#: the ablations, in the order they run (``--only``)
+ABLATIONS = ("stack", "pattern", "cblock", "activation")
 
 
 @contextmanager
@@ -57,17 +65,104 @@ def scope(name: str):
         clear_kernel_caches()
 
 
+def _cephes_exp(x):
+    """``exp(x)`` as the kernels computed it before: TOPI's ``fast_exp`` (Cephes constants, floor, a
+    float-to-int conversion, ``p r^2 + r + 1``), clamped to +-88.376."""
+    from tvm import tirx
+
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    x = tirx.max(tirx.min(x, f32(88.3762626647949)), f32(-88.3762626647949))
+    n = tirx.floor(x * f32(1.44269504088896341) + f32(0.5))
+    r = x - n * f32(0.693359375) - n * f32(-2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + f32(c)
+    return (p * r * r + r + f32(1.0)) * tirx.reinterpret("float32", tirx.shift_left(n.astype("int32") + 127, 23))
+
+
+def _divided_activation(act: str, z):
+    """The activations as the kernels computed them before: SiLU with :func:`_cephes_exp`, hard-swish
+    divided by 6."""
+    from tvm import tirx
+
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    if act == "silu":
+        return z / (f32(1.0) + _cephes_exp(-z))
+    if act == "hardswish":
+        return z * tirx.min(tirx.max(z + f32(3.0), f32(0.0)), f32(6.0)) / f32(6.0)
+    return _CURRENT_ACTIVATION(act, z)
+
+
+_CURRENT_ACTIVATION = epilogue.activation_expr  # the other activations, whatever is patched in later
+
+
+@contextmanager
+def activation_forms(name: str):
+    """Build kernels with the activations' current forms (``"current"``) or the earlier ones
+    (``"before"``: :func:`_divided_activation`)."""
+    real = epilogue.activation_expr
+    if name == "before":
+        epilogue.activation_expr = _divided_activation
+    clear_kernel_caches()
+    try:
+        yield
+    finally:
+        epilogue.activation_expr = real
+        clear_kernel_caches()
+
+
 def _estimate(timer) -> tuple:
     timer(1, 1)
     return timer, None, None, float(np.min(timer(max(1, int(2e-3 / max(timer(1, 1)[0], 1e-6))), 3)))
 
 
-def depthwise_timer(b: Bench, c: int, hw: int, k: int, stride: int, mt: int):
+def depthwise_timer(b: Bench, c: int, hw: int, k: int, stride: int, mt: int, act: str = "silu"):
     g = ConvGeometry.make(1, c, hw, hw, c, (k, k), stride, (k // 2,) * 4, pixels=16 * mt)
     x = b.rng.standard_normal((1, c, g.x_len)).astype("float32")
     w = b.rng.standard_normal((c, k * k)).astype("float32")
     bias = b.rng.standard_normal(c).astype("float32")
-    return b._timer(depthwise_primfunc(g, ConvTile(1, mt, 16), epilogue="silu"), [x, w, bias, (1, c, g.mp)])
+    return b._timer(depthwise_primfunc(g, ConvTile(1, mt, 16), epilogue=act), [x, w, bias, (1, c, g.mp)])
+
+
+def expand_timer(b: Bench, c: int, hw: int, f: int, act: str, tile: ConvTile):
+    """A block_based (16, 4) 5x sparse 1x1 conv ``c -> f`` at ``hw x hw`` with bias and ``act``."""
+    layer = Layer(f"1x1 {c}->{f} @{hw}", "conv", (1, c, hw, hw, f, 1, 1))
+    pk = pack_sparse_rows(masked_weight(layer, "block_based", 5.0, seed=2, block=(16, 4)).reshape(f, -1), tile.ft)
+    g = layer.geom(tile, f)
+    func, buffers = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts, epilogue=act)
+    x = b.rng.standard_normal((g.n, g.c, g.phases * g.plane)).astype("float32")
+    bias = b.rng.standard_normal(pk.packed.shape[0] * tile.ft).astype("float32")
+    return b._timer(func, [x, pk.packed, *buffers, bias, (g.n, pk.packed.shape[0] * tile.ft, g.mp)])
+
+
+def activation_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
+    """(label, build) pairs of kernels with an activation epilogue (efficientnet_b0's SiLU and
+    mobilenetv3's hard-swish layers)."""
+    t8, t16 = ConvTile(8, 2, 16), ConvTile(16, 1, 16)
+    return [
+        ("sparse 1x1 16->96 @112, 5x, + SiLU", lambda: expand_timer(b, 16, 112, 96, "silu", t8)),
+        ("sparse 1x1 24->144 @56, 5x, + SiLU", lambda: expand_timer(b, 24, 56, 144, "silu", t8)),
+        ("sparse 1x1 112->672 @14, 5x, + SiLU", lambda: expand_timer(b, 112, 14, 672, "silu", t16)),
+        ("depthwise 3x3 144 @56 + SiLU", lambda: depthwise_timer(b, 144, 56, 3, 1, 1)),
+        ("depthwise 5x5 672 @14 + SiLU", lambda: depthwise_timer(b, 672, 14, 5, 1, 4)),
+        ("sparse 1x1 80->480 @14, 5x, + hard-swish", lambda: expand_timer(b, 80, 14, 480, "hardswish", t16)),
+        ("sparse 1x1 160->960 @7, 5x, + hard-swish", lambda: expand_timer(b, 160, 7, 960, "hardswish", t16)),
+        ("depthwise 3x3 200 @14 + hard-swish", lambda: depthwise_timer(b, 200, 14, 3, 1, 1, "hardswish")),
+        ("depthwise 5x5 960 @7 + hard-swish", lambda: depthwise_timer(b, 960, 7, 5, 1, 1, "hardswish")),
+    ]
+
+
+def run_activation(b: Bench, log) -> list[dict]:
+    rows = []
+    for label, build in activation_cases(b):
+        with activation_forms("before"):
+            before = _estimate(build())
+        with activation_forms("current"):
+            now = _estimate(build())
+        tb, tn = b.pair(before, now)
+        rows.append({"kernel": label, "before_ms": tb * 1e3, "current_ms": tn * 1e3, "speedup": tb / tn})
+        log(f"{label}: before {tb * 1e3:.4f} ms, now {tn * 1e3:.4f} ms, {tb / tn:.3f}x")
+    return rows
 
 
 def stack_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
@@ -156,6 +251,8 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="+", default=[2.25, 5.0, 10.0], help="pattern rates")
     p.add_argument("--block-rates", type=float, nargs="+", default=[2.0, 5.0, 10.0],
                    help="block_punched rates of the channel-block ablation")
+    p.add_argument("--only", nargs="+", choices=ABLATIONS, default=list(ABLATIONS),
+                   help="run these ablations only (results: bench_kernel_ablation_<names>.json)")
     args = p.parse_args()
     b = Bench(args.threads, args.repeats)
     console = Console()
@@ -164,9 +261,10 @@ def main() -> None:
     def log(msg: str) -> None:
         console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {msg}")
 
-    stack = run_stack(b, log)
-    pattern = run_pattern(b, args.rates, log)
-    cblock = run_cblock(b, args.block_rates, log)
+    stack = run_stack(b, log) if "stack" in args.only else []
+    pattern = run_pattern(b, args.rates, log) if "pattern" in args.only else []
+    cblock = run_cblock(b, args.block_rates, log) if "cblock" in args.only else []
+    activation = run_activation(b, log) if "activation" in args.only else []
     t1 = Table(title="register tiles: TVM workspace ('local') vs stack ('global'), same kernel")
     for col in ("kernel", "workspace ms", "stack ms", "speedup"):
         t1.add_column(col, justify="left" if col == "kernel" else "right")
@@ -184,12 +282,18 @@ def main() -> None:
     for r in cblock:
         t3.add_row(r["layer"], f"{r['rate']:g}", str(r["cblock"]), f"{r['one_block_ms']:.3f}", f"{r['blocked_ms']:.3f}",
                    f"{r['speedup']:.3f}")
-    console.print(t1, t2, t3)
+    t4 = Table(title="activation epilogues: earlier forms (Cephes exp, division by 6) vs current, same kernel")
+    for col in ("kernel", "before ms", "current ms", "speedup"):
+        t4.add_column(col, justify="left" if col == "kernel" else "right")
+    for r in activation:
+        t4.add_row(r["kernel"], f"{r['before_ms']:.4f}", f"{r['current_ms']:.4f}", f"{r['speedup']:.3f}")
+    console.print(*(t for t, rows in ((t1, stack), (t2, pattern), (t3, cblock), (t4, activation)) if rows))
     command = "python benchmarks/bench_kernel_ablation.py " + " ".join(sys.argv[1:])
-    path = write_results(NAME, command.strip(), {"threads": args.threads, "repeats": args.repeats,
+    name = NAME if set(args.only) == set(ABLATIONS) else "_".join([NAME, *args.only])
+    path = write_results(name, command.strip(), {"threads": args.threads, "repeats": args.repeats,
                                                  "elapsed_s": time.perf_counter() - t0,
                                                  "stack_scope": stack, "pattern_kernel": pattern,
-                                                 "block_conv_cblock": cblock})
+                                                 "block_conv_cblock": cblock, "activation_forms": activation})
     console.print(f"wrote {path}")
 
 

@@ -123,12 +123,14 @@ def test_kernels_without_epilogue_keep_their_arguments():
     assert [p.name for p in func.params] == ["X", "W", "Kc", "Ks", "Y"]
 
 
-def test_fast_exp_is_accurate_and_saturates():
+@pytest.mark.parametrize("negate", [False, True])
+def test_fast_exp_is_accurate_and_saturates(negate):
     from tvm import te
 
     xs = np.concatenate([np.linspace(-87, 88, 3501), [-1e4, -100.0, 100.0, 1e4]]).astype("float32")
     x = te.placeholder(xs.shape, name="x")
-    func = te.create_prim_func([x, te.compute(x.shape, lambda i: fast_exp(x[i]), name="y")])
+    arg = (lambda i: -x[i]) if negate else (lambda i: x[i])  # negate=True computes exp(-(-x))
+    func = te.create_prim_func([x, te.compute(x.shape, lambda i: fast_exp(arg(i), negate=negate), name="y")])
     out = _run(func, TARGET, [xs], xs.shape)
     np.testing.assert_allclose(out[:-4], np.exp(xs[:-4].astype("float64")), rtol=1e-6)
     assert out[0] > 0 and out[-4] == out[-3] == 0.0 and np.isfinite(out[-2:]).all() and out[-1] > 1e38
