@@ -290,8 +290,8 @@ ROWS_INPUT_MAX_WORK = 1.25
 PLANES_OUTPUT_MAX_WORK = 1.5
 
 #: the same limit for a SiLU epilogue, whose exp and division make every extra plane position cost
-#: more (efficientnet_b0: 1.5 was no faster than 1.25 at 5x and slower dense)
-PLANES_OUTPUT_MAX_WORK_SILU = 1.25
+#: more (efficientnet_b0, ``--planes-limits 1.25 1.3 1.5``: 1.3 the fastest at 5x, 1.5 slower dense)
+PLANES_OUTPUT_MAX_WORK_SILU = 1.3
 
 #: a kernel computes its bias and activation only when more than this fraction of the pixels it
 #: computes are valid: on 1x1 and 2x2 maps (efficientnet_b0 @32) a vector tile is mostly padding, and
