@@ -20,6 +20,7 @@ from rich.table import Table
 from npas_lightning.compiler.conv_kernel import ConvGeometry
 from npas_lightning.compiler.rewrite import TilePlanner, time_conv_tile
 from npas_lightning.compiler.targets import resolve_target
+from npas_lightning.compiler.threads import configure_threads
 from npas_lightning.compiler.tuning import TileCache
 
 OUT = Path(__file__).parent / "results" / "bench_compiler_layers.json"
@@ -52,9 +53,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     spec = resolve_target("host", threads=args.threads)
-    import tvm
 
-    tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
+    configure_threads(args.threads)
     peak = peak_gflops(args.threads)
     rows = []
     for name, kind, shape in LAYERS:

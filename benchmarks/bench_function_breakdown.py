@@ -49,6 +49,7 @@ from npas_lightning.compiler.frontend import import_model
 from npas_lightning.compiler.pipeline import build_relax
 from npas_lightning.compiler.rewrite import TilePlanner, clear_kernel_caches
 from npas_lightning.compiler.targets import resolve_target
+from npas_lightning.compiler.threads import configure_threads
 from npas_lightning.compiler.tuning import TileCache
 from npas_lightning.shrink import frozen_for_compile
 
@@ -163,7 +164,7 @@ def main() -> None:
 
     result = build()
     result.mod = relax.transform.RewriteDataflowReshape()(result.mod)  # what the build does to reshapes
-    tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
+    configure_threads(args.threads)
     call_tir = tvm.ir.Op.get("relax.call_tir")
     calls: collections.Counter = collections.Counter()
 

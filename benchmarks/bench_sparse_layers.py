@@ -49,6 +49,7 @@ from npas_lightning.compiler.pattern_kernel import pack_pattern, pattern_primfun
 from npas_lightning.compiler.rewrite import KernelChoice, block_conv_choices, pattern_kernel_choices  # noqa: E402
 from npas_lightning.compiler.sparse_pack import pack_sparse_rows  # noqa: E402
 from npas_lightning.compiler.targets import resolve_target  # noqa: E402
+from npas_lightning.compiler.threads import configure_threads
 from npas_lightning.schemes import achieved_rate, get_scheme  # noqa: E402
 
 NAME = "bench_sparse_layers"
@@ -105,7 +106,7 @@ class Bench:
         self.dev = tvm.cpu()
         self.repeats = repeats
         self.rng = np.random.default_rng(0)
-        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        configure_threads(threads)
 
     # -- building: each returns a zero-argument callable's timer factory ------------------
     def _timer(self, func, args):

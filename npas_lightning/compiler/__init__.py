@@ -9,12 +9,17 @@ Public API::
     npas-latency CLI: npas_lightning.compiler.cli
 """
 
-from .cache import LatencyCache, latency_key, model_hash
-from .compile import Compiled, compile_model, compiler_version, plan_hash
-from .errors import CompileError, NumericsError, UnsupportedOpError
-from .latency import measure_latency
-from .measure import LatencyStats, LocalSession, RPCSession, open_session
-from .targets import TargetError, TargetSpec, known_targets, resolve_target
+from .threads import reserve_thread_pool
+
+reserve_thread_pool()  # before anything below can start TVM's thread pool (see threads.py)
+
+from .cache import LatencyCache, latency_key, model_hash  # noqa: E402
+from .compile import Compiled, compile_model, compiler_version, plan_hash  # noqa: E402
+from .errors import CompileError, NumericsError, UnsupportedOpError  # noqa: E402
+from .latency import measure_latency  # noqa: E402
+from .measure import LatencyStats, LocalSession, RPCSession, open_session  # noqa: E402
+from .targets import TargetError, TargetSpec, known_targets, resolve_target  # noqa: E402
+from .threads import ThreadPoolError, configure_threads  # noqa: E402
 
 __all__ = [
     "Compiled",
@@ -26,9 +31,11 @@ __all__ = [
     "RPCSession",
     "TargetError",
     "TargetSpec",
+    "ThreadPoolError",
     "UnsupportedOpError",
     "compile_model",
     "compiler_version",
+    "configure_threads",
     "known_targets",
     "latency_key",
     "measure_latency",

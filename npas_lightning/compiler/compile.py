@@ -36,13 +36,14 @@ from .measure import (
 )
 from .numerics import check_numerics
 from .targets import TargetSpec, resolve_target
+from .threads import configure_threads
 from .tuning import TileCache
 
 __all__ = ["Compiled", "compile_model", "compiler_version", "plan_hash"]
 
 _VERSIONED_SOURCES = ("fastmath.py", "fold.py", "conv_kernel.py", "dense_kernel.py", "epilogue.py", "generic_schedule.py",
                       "rewrite.py", "pipeline.py", "frontend.py", "sparse_pack.py", "sparse_import.py",
-                      "pattern_kernel.py")
+                      "pattern_kernel.py", "threads.py")
 
 
 def compiler_version() -> str:
@@ -144,7 +145,7 @@ class Compiled:
             from tvm import relax
 
             if self.threads:
-                tvm.get_global_func("runtime.config_threadpool")(1, int(self.threads))
+                configure_threads(int(self.threads))
             vm = relax.VirtualMachine(self.executable, tvm.cpu())
             out = vm["main"](tvm.runtime.tensor(arr))
             outs = list(out) if not hasattr(out, "numpy") else [out]
@@ -257,6 +258,8 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
     spec = resolve_target(target, threads=threads)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise CompileError(f"threads must be a positive int or None, got {threads!r}")
+    if threads is not None and spec.is_host:
+        configure_threads(threads)  # a pool too small for them is an error now, not after the build
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
         raise CompileError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     resolved = _resolve_plan(plan, model)

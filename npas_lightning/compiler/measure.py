@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .threads import configure_threads
+
 __all__ = ["quiet_native_stderr", "LoadedModel", "LatencyStats", "MeasureSession", "LocalSession", "RPCSession", "open_session", "parse_rpc"]
 
 
@@ -82,7 +84,7 @@ class MeasureSession:
 
     def set_threads(self, threads: int | None) -> None:
         if threads:
-            self.get_function("runtime.config_threadpool")(1, int(threads))
+            configure_threads(int(threads), self.get_function)
 
     def get_function(self, name: str):  # pragma: no cover - interface
         raise NotImplementedError
