@@ -1,8 +1,9 @@
 """Where a compiled model's batch-1 time goes: every TIR function of the build timed alone.
 
 The model is compiled as `compile_model` does it (same passes, kernels and schedules); each called
-function is then built alone and timed on random inputs of its own shapes, times the number of
-calls in ``main``. Functions are grouped as the project's kernels (``npas_*``, which compute their
+function is then built alone and timed on random inputs of its own shapes (median of 7 x 5 runs:
+at 2 threads on a shared 2-vCPU VM a preempted worker stalls a whole parallel call, and a mean
+keeps those stalls), times the number of calls in ``main``. Functions are grouped as the project's kernels (``npas_*``, which compute their
 layer's bias and activation too), fused elementwise + layout functions (the zero-pad / stride-phase
 copies in front of kxk convs, residual adds, crops, SE gates), and the rest (pooling, reductions).
 The whole model is timed once for comparison.
@@ -185,7 +186,7 @@ def main() -> None:
                                      if str(a.dtype).startswith("float")
                                      else np.zeros([int(s) for s in a.shape], dtype=str(a.dtype)), dev)
                   for a in func.params]
-        ms = lib.time_evaluator(lib.entry_name, dev, number=5, repeat=3)(*inputs).mean * 1e3 * calls[name]
+        ms = lib.time_evaluator(lib.entry_name, dev, number=5, repeat=7)(*inputs).median * 1e3 * calls[name]
         per_function[name] = ms
         groups[_group(name)] += ms
         counts[_group(name)] += calls[name]
