@@ -99,12 +99,13 @@ def onnxruntime_engine(model: nn.Module, x: np.ndarray, threads: int | None) -> 
 
 
 def measure_interleaved(engines: Sequence[Engine], *, number: int, repeat: int, warmup: int, threads: int | None,
-                        target: str, input_shape: Sequence[int], pause_s: float = 0.02) -> dict[str, LatencyStats]:
+                        target: str, input_shape: Sequence[int], pause_s: float = 0.2) -> dict[str, LatencyStats]:
     """Time all engines in interleaved rounds; returns one :class:`LatencyStats` per engine name.
 
     ``pause_s`` passes between two engines' timings: ONNX Runtime's and TVM's thread pools spin
     for a while after a run, and without a pause that spinning steals the cores from the next
-    engine (our dense models timed right after ONNX Runtime were 10-50% slow without it)."""
+    engine. Our dense models timed right after ONNX Runtime were 10-50% slow without one, and ONNX
+    Runtime timed 20 ms after TVM on two threads ran about 2x slow: TVM's workers spin longer."""
     for eng in engines:
         for _ in range(max(0, warmup)):
             eng.time(1)
