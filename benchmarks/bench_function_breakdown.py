@@ -48,7 +48,7 @@ from rich.table import Table
 
 from npas_lightning.compiler.frontend import import_model
 from npas_lightning.compiler.pipeline import build_relax
-from npas_lightning.compiler.rewrite import TilePlanner, clear_kernel_caches
+from npas_lightning.compiler.rewrite import TilePlanner
 from npas_lightning.compiler.targets import resolve_target
 from npas_lightning.compiler.threads import configure_threads
 from npas_lightning.compiler.tuning import TileCache
@@ -91,22 +91,13 @@ def _planes_limit(limit: float):
         rewrite.PLANES_OUTPUT_MAX_WORK, rewrite.PLANES_OUTPUT_MAX_WORK_SILU = real
 
 
-@contextlib.contextmanager
 def _silu_as_relu():
     """Kernels built inside compute ReLU where they would compute SiLU (timing what-if only)."""
+    from bench_kernel_ablation import _CURRENT_ACTIVATION, patched_activation
     from tvm import tirx
 
-    from npas_lightning.compiler import epilogue
-
-    real = epilogue.activation_expr
-    epilogue.activation_expr = lambda act, z: tirx.max(z, tirx.const(0.0, "float32")) if act == "silu" \
-        else real(act, z)
-    clear_kernel_caches()
-    try:
-        yield
-    finally:
-        epilogue.activation_expr = real
-        clear_kernel_caches()
+    return patched_activation(lambda act, z: tirx.max(z, tirx.const(0.0, "float32")) if act == "silu"
+                              else _CURRENT_ACTIVATION(act, z))
 
 
 def _activations_before():

@@ -97,18 +97,23 @@ _CURRENT_ACTIVATION = epilogue.activation_expr  # the other activations, whateve
 
 
 @contextmanager
-def activation_forms(name: str):
-    """Build kernels with the activations' current forms (``"current"``) or the earlier ones
-    (``"before"``: :func:`_divided_activation`)."""
+def patched_activation(expr: Callable | None):
+    """Build kernels with ``expr(act, z)`` as ``epilogue.activation_expr`` (``None``: the real one);
+    the kernel caches are cleared on the way in and out."""
     real = epilogue.activation_expr
-    if name == "before":
-        epilogue.activation_expr = _divided_activation
+    epilogue.activation_expr = expr or real
     clear_kernel_caches()
     try:
         yield
     finally:
         epilogue.activation_expr = real
         clear_kernel_caches()
+
+
+def activation_forms(name: str):
+    """Build kernels with the activations' current forms (``"current"``) or the earlier ones
+    (``"before"``: :func:`_divided_activation`)."""
+    return patched_activation(_divided_activation if name == "before" else None)
 
 
 def _estimate(timer) -> tuple:
@@ -152,17 +157,25 @@ def activation_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
     ]
 
 
-def run_activation(b: Bench, log) -> list[dict]:
+def run_pairs(b: Bench, cases, ways: dict, log) -> list[dict]:
+    """Each case built both ``ways`` (``{name: context manager factory}``, the first is the baseline)
+    and timed interleaved: rows ``{"kernel", "<name>_ms" x 2, "speedup"}``."""
+    (name_a, way_a), (name_b, way_b) = ways.items()
     rows = []
-    for label, build in activation_cases(b):
-        with activation_forms("before"):
-            before = _estimate(build())
-        with activation_forms("current"):
-            now = _estimate(build())
-        tb, tn = b.pair(before, now)
-        rows.append({"kernel": label, "before_ms": tb * 1e3, "current_ms": tn * 1e3, "speedup": tb / tn})
-        log(f"{label}: before {tb * 1e3:.4f} ms, now {tn * 1e3:.4f} ms, {tb / tn:.3f}x")
+    for label, build in cases:
+        with way_a():
+            first = _estimate(build())
+        with way_b():
+            second = _estimate(build())
+        ta, tb = b.pair(first, second)
+        rows.append({"kernel": label, f"{name_a}_ms": ta * 1e3, f"{name_b}_ms": tb * 1e3, "speedup": ta / tb})
+        log(f"{label}: {name_a} {ta * 1e3:.4f} ms, {name_b} {tb * 1e3:.4f} ms, {ta / tb:.3f}x")
     return rows
+
+
+def run_activation(b: Bench, log) -> list[dict]:
+    return run_pairs(b, activation_cases(b), {"before": lambda: activation_forms("before"),
+                                              "current": lambda: activation_forms("current")}, log)
 
 
 def stack_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
@@ -191,16 +204,7 @@ def stack_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
 
 
 def run_stack(b: Bench, log) -> list[dict]:
-    rows = []
-    for label, build in stack_cases(b):
-        with scope("local"):
-            local = _estimate(build())
-        with scope("global"):
-            stack = _estimate(build())
-        tl, ts = b.pair(local, stack)
-        rows.append({"kernel": label, "local_ms": tl * 1e3, "stack_ms": ts * 1e3, "speedup": tl / ts})
-        log(f"{label}: workspace {tl * 1e3:.4f} ms, stack {ts * 1e3:.4f} ms, {tl / ts:.3f}x")
-    return rows
+    return run_pairs(b, stack_cases(b), {"local": lambda: scope("local"), "stack": lambda: scope("global")}, log)
 
 
 def run_pattern(b: Bench, rates, log) -> list[dict]:
