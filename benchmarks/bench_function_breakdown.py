@@ -93,11 +93,11 @@ def _planes_limit(limit: float):
 
 def _silu_as_relu():
     """Kernels built inside compute ReLU where they would compute SiLU (timing what-if only)."""
-    from bench_kernel_ablation import _CURRENT_ACTIVATION, patched_activation
+    from bench_kernel_ablation import CURRENT_ACTIVATION, patched_activation
     from tvm import tirx
 
     return patched_activation(lambda act, z: tirx.max(z, tirx.const(0.0, "float32")) if act == "silu"
-                              else _CURRENT_ACTIVATION(act, z))
+                              else CURRENT_ACTIVATION(act, z))
 
 
 def _activations_before():

@@ -90,10 +90,10 @@ def _divided_activation(act: str, z):
         return z / (f32(1.0) + _cephes_exp(-z))
     if act == "hardswish":
         return z * tirx.min(tirx.max(z + f32(3.0), f32(0.0)), f32(6.0)) / f32(6.0)
-    return _CURRENT_ACTIVATION(act, z)
+    return CURRENT_ACTIVATION(act, z)
 
 
-_CURRENT_ACTIVATION = epilogue.activation_expr  # the other activations, whatever is patched in later
+CURRENT_ACTIVATION = epilogue.activation_expr  # the other activations, whatever is patched in later
 
 
 @contextmanager

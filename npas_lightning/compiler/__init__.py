@@ -9,7 +9,7 @@ Public API::
     npas-latency CLI: npas_lightning.compiler.cli
 """
 
-from .threads import reserve_thread_pool
+from .threads import ThreadPoolError, configure_threads, reserve_thread_pool
 
 reserve_thread_pool()  # before anything below can start TVM's thread pool (see threads.py)
 
@@ -19,7 +19,6 @@ from .errors import CompileError, NumericsError, UnsupportedOpError  # noqa: E40
 from .latency import measure_latency  # noqa: E402
 from .measure import LatencyStats, LocalSession, RPCSession, open_session  # noqa: E402
 from .targets import TargetError, TargetSpec, known_targets, resolve_target  # noqa: E402
-from .threads import ThreadPoolError, configure_threads  # noqa: E402
 
 __all__ = [
     "Compiled",

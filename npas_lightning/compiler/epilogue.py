@@ -29,7 +29,7 @@ __all__ = ["ACTIVATIONS", "EpilogueChain", "activation_expr", "apply_epilogue", 
 ACTIVATIONS = ("none", "relu", "silu", "hardswish")
 
 # exp(x) = 2^n * exp(r), n = round(x log2 e), r = x - n ln 2 (|r| <= ln2/2). exp(r) is a degree-5
-# polynomial fitted for relative error on that interval (1.9e-7 evaluated in float32 by Horner's rule).
+# polynomial fitted for relative error on that interval, evaluated by Horner's rule.
 # n comes from adding a shifter: x log2 e + 1.5 * 2^23 rounds to an integer, whose low mantissa bits
 # (shifter + 127) shifted into the exponent field are 2^n. Clamped inputs keep n in [-127, 127].
 _EXP_POLY = (1.0000000716553035, 0.9999996919888474, 0.4999889484477353, 0.1666757473332599,
@@ -45,7 +45,7 @@ def fast_exp(x, negate: bool = False):
     polynomial within 1e-6 relative on [-87, 88] (``tests/compiler/test_epilogue.py``). Inputs are
     clamped to +-88.3, so it saturates to ~2.2e38 and to 0 instead of overflowing.
 
-    About a third fewer vector instructions than TOPI's Cephes form (Horner's rule, rounding by a
+    Fewer vector instructions than TOPI's Cephes form (Horner's rule, rounding by a
     shifter instead of ``floor`` and a conversion, no negation for ``negate``);
     ``bench_kernel_ablation.py`` times both."""
     from tvm import tirx
