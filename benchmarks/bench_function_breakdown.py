@@ -1,12 +1,16 @@
 """Where a compiled model's batch-1 time goes: every TIR function of the build timed alone.
 
 The model is compiled as `compile_model` does it (same passes, kernels and schedules); each called
-function is then built alone and timed on random inputs of its own shapes (median of 7 x 5 runs:
+function is then built alone and timed on the constants its first call passes (weights, biases, the
+sparse kernels' index buffers) and random activations of its own shapes (median of 7 x 5 runs:
 at 2 threads on a shared 2-vCPU VM a preempted worker stalls a whole parallel call, and a mean
 keeps those stalls), times the number of calls in ``main``. Functions are grouped as the project's kernels (``npas_*``, which compute their
 layer's bias and activation too), fused elementwise + layout functions (the zero-pad / stride-phase
 copies in front of kxk convs, residual adds, crops, SE gates), and the rest (pooling, reductions).
-The whole model is timed once for comparison.
+The whole model is timed once for comparison, and every function is also timed inside it (the VM
+calls a clock-reading callback around each call; median of 40 runs): the second column shows how
+much longer the functions take in the model than alone (inputs another core wrote, weights not in
+cache), the callback's own cost included.
 
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
@@ -36,8 +40,10 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +120,112 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before)}
 
 
-def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 7) -> list[float]:
+def _timing_input(buf, arg, rng: np.random.Generator, dev):
+    """A function's argument when it is timed alone: the constant its call passes (weights, and the
+    index buffers a sparse kernel gathers with: zeros there would read one input channel, always in
+    cache), else random values of the buffer's shape (activations, outputs)."""
+    import tvm
+    from tvm.ir.expr import Constant
+
+    if isinstance(arg, Constant):
+        return arg.value
+    shape, dtype = [int(s) for s in buf.shape], str(buf.dtype)
+    if not dtype.startswith("float"):
+        raise ValueError(f"{buf}: an integer argument that is not a constant cannot be timed alone")
+    return tvm.runtime.tensor(rng.random(shape).astype(dtype), dev)
+
+
+def _alone_timers(result, spec, dev, rng: np.random.Generator) -> dict[str, tuple[Callable[[], float], int]]:
+    """Every function ``main`` calls, built alone: ``name -> (timer, calls)``; ``timer()`` returns the
+    mean ms of 5 back-to-back runs on :func:`_timing_input` arguments."""
+    import tvm
+    from tvm import relax, tirx
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    calls: collections.Counter = collections.Counter()
+    first_args: dict[str, list] = {}  # each function's first call: its constants are timed as passed
+
+    def visit(expr) -> None:
+        if isinstance(expr, relax.Call) and expr.op == call_tir:
+            calls[expr.args[0].name_hint] += 1
+            first_args.setdefault(expr.args[0].name_hint, list(expr.args[1].fields))
+
+    relax.analysis.post_order_visit(result.mod["main"].body, visit)
+    timers = {}
+    for gv, func in result.mod.functions_items():
+        name = gv.name_hint
+        if not isinstance(func, tirx.PrimFunc) or name not in calls:
+            continue
+        lib = tvm.tirx.build(func.with_attr("global_symbol", name), target=spec.tvm_target)
+        inputs = [_timing_input(param, arg, rng, dev)
+                  for param, arg in itertools.zip_longest(func.params, first_args[name])]
+        evaluator = lib.time_evaluator(lib.entry_name, dev, number=5, repeat=1)
+        timers[name] = (lambda ev=evaluator, a=inputs: ev(*a).mean * 1e3, calls[name])
+    return timers
+
+
+def _kernel_speedups(dense, pruned, spec, dev, rng: np.random.Generator, rounds: int = 7) -> list[dict]:
+    """Each layer's kernel in the dense and the pruned build, timed alone in alternation (median of
+    ``rounds``): ``module, kind, shape, density, dense_ms, pruned_ms, speedup`` per layer."""
+    dense_timers, pruned_timers = _alone_timers(dense, spec, dev, rng), _alone_timers(pruned, spec, dev, rng)
+    by_module = {r.module: r for r in dense.records}
+    pairs = [(by_module[r.module], r) for r in pruned.records
+             if r.module in by_module and by_module[r.module].symbol in dense_timers and r.symbol in pruned_timers]
+    samples: dict[str, list[list[float]]] = {r.module: [[], []] for _, r in pairs}
+    for _ in range(rounds):
+        for d, r in pairs:
+            samples[r.module][0].append(dense_timers[d.symbol][0]())
+            samples[r.module][1].append(pruned_timers[r.symbol][0]())
+    rows = []
+    for _, r in pairs:
+        dense_ms, pruned_ms = (float(np.median(v)) for v in samples[r.module])
+        sh = r.shape
+        shape = (f"{sh['c']}->{sh['f']}" if r.kind == "dense" else
+                 f"{sh['kh']}x{sh['kw']} s{sh['s']} {sh['c']}->{sh['f']} @{(sh.get('planes') or [sh['h']])[0]}")
+        rows.append({"module": r.module, "kind": r.kind, "shape": shape, "epilogue": r.epilogue,
+                     "density": (r.sparse or {}).get("density", 1.0), "dense_ms": dense_ms, "pruned_ms": pruned_ms,
+                     "speedup": dense_ms / pruned_ms})
+    return rows
+
+
+def _in_context_ms(vm, arg, runs: int = 40) -> tuple[dict[str, float], float]:
+    """Every called function's time inside the whole model: the VM calls a Python callback before
+    and after each call (``set_instrument``), which reads a clock. Per function: the median over
+    ``runs`` runs of its time summed over the run. The callback's own cost (about a microsecond at
+    each end of a call) is inside these times; the VM builtins (``vm.builtin.*``: tensor allocations
+    from the planned storage, views), timed the same way, show its size. Returns ``(per function ms,
+    median instrumented run ms)``."""
+    import time
+
+    clock, log, start = time.perf_counter, [], [0.0]
+
+    def instrument(func, name, before_run, ret_value, *args):
+        if before_run:
+            start[0] = clock()
+        else:
+            log.append((name, clock() - start[0]))
+        return 0  # 0: keep instrumenting
+
+    vm.set_instrument(instrument)
+    per_run, walls = [], []
+    for i in range(runs + 1):
+        log.clear()
+        t0 = clock()
+        vm["main"](arg)
+        walls.append(clock() - t0)
+        if i == 0:  # the first run warms the caches and the thread pool
+            continue
+        summed: dict[str, float] = collections.defaultdict(float)
+        for name, seconds in log:
+            summed[name] += seconds
+        per_run.append(summed)
+    vm.set_instrument(lambda *a: 0)
+    names = set().union(*per_run)
+    return ({n: float(np.median([r.get(n, 0.0) for r in per_run])) * 1e3 for n in names},
+            float(np.median(walls[1:])) * 1e3)
+
+
+def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 15) -> list[float]:
     """Median ms of each executable's ``main``, timed in alternation ``rounds`` times."""
     import tvm
     from tvm import relax
@@ -129,6 +240,19 @@ def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 7) -> list[f
     return [float(np.median(v)) for v in samples]
 
 
+def _print_speedups(rows: list[dict], label: str, top: int = 20) -> None:
+    """The layers whose dense kernels take longest, with their pruned kernels, and the totals."""
+    table = Table(title=f"each layer's kernel alone: dense vs {label} (the {top} slowest dense kernels)")
+    for col in ("layer", "kind", "shape", "activation", "work", "dense ms", f"{label} ms", "speedup"):
+        table.add_column(col, justify="left" if col in ("layer", "kind", "shape", "activation") else "right")
+    for r in sorted(rows, key=lambda r: -r["dense_ms"])[:top]:
+        table.add_row(r["module"], r["kind"], r["shape"], r["epilogue"] or "-", f"{r['density']:.2f}",
+                      f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x")
+    dense, pruned = sum(r["dense_ms"] for r in rows), sum(r["pruned_ms"] for r in rows)
+    table.add_row(f"all {len(rows)} layers", "", "", "", "", f"{dense:.3f}", f"{pruned:.3f}", f"{dense / pruned:.2f}x")
+    Console().print(table)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientnet_b0")
@@ -140,13 +264,19 @@ def main() -> None:
                    help="also build the model these ways and time all whole models interleaved (see above)")
     p.add_argument("--planes-limits", nargs="*", type=float, default=[],
                    help="also build with both planes limits set to each value (timed with --compare)")
+    p.add_argument("--kernel-speedups", action="store_true",
+                   help="with --rate: also build the dense model and time each layer's kernel in both builds "
+                        "alone, in alternation (which layers gain less than the rate)")
     args = p.parse_args()
+    if args.kernel_speedups and args.rate is None:
+        p.error("--kernel-speedups compares the pruned build's kernels with the dense build's: give --rate too")
     import tvm
-    from tvm import relax, tirx
+    from tvm import relax
 
     model = timm.create_model(args.model, pretrained=False).eval()
     x = torch.randn(1, 3, args.size, args.size)
     spec = resolve_target("host", threads=args.threads)
+    dense_import = import_model(model, x) if args.kernel_speedups else None
     if args.rate is not None:
         model, _ = frozen_for_compile(*_pruned(model, args.rate), x)
     imported = import_model(model, x)
@@ -157,44 +287,36 @@ def main() -> None:
     result = build()
     result.mod = relax.transform.RewriteDataflowReshape()(result.mod)  # what the build does to reshapes
     configure_threads(args.threads)
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    calls: collections.Counter = collections.Counter()
-
-    def visit(expr) -> None:
-        if isinstance(expr, relax.Call) and expr.op == call_tir:
-            calls[expr.args[0].name_hint] += 1
-
-    relax.analysis.post_order_visit(result.mod["main"].body, visit)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     per_function, groups, counts = {}, collections.defaultdict(float), collections.Counter()
-    for gv, func in result.mod.functions_items():
-        name = gv.name_hint
-        if not isinstance(func, tirx.PrimFunc) or name not in calls:
-            continue
-        lib = tvm.tirx.build(func.with_attr("global_symbol", name), target=spec.tvm_target)
-        inputs = [tvm.runtime.tensor(rng.random([int(s) for s in a.shape]).astype(str(a.dtype))
-                                     if str(a.dtype).startswith("float")
-                                     else np.zeros([int(s) for s in a.shape], dtype=str(a.dtype)), dev)
-                  for a in func.params]
-        ms = lib.time_evaluator(lib.entry_name, dev, number=5, repeat=7)(*inputs).median * 1e3 * calls[name]
+    for name, (timer, calls) in _alone_timers(result, spec, dev, rng).items():
+        ms = float(np.median([timer() for _ in range(7)])) * calls
         per_function[name] = ms
         groups[_group(name)] += ms
-        counts[_group(name)] += calls[name]
+        counts[_group(name)] += calls
     executable = tvm.compile(result.mod, target=spec.tvm_target)
     vm = relax.VirtualMachine(executable, dev)
-    whole = vm.time_evaluator("main", dev, number=5, repeat=5)(tvm.runtime.tensor(x.numpy())).median * 1e3
+    arg = tvm.runtime.tensor(x.numpy())
+    whole = vm.time_evaluator("main", dev, number=5, repeat=5)(arg).median * 1e3
+    in_context, instrumented_run = _in_context_ms(vm, arg)
+    context_groups: dict[str, float] = collections.defaultdict(float)
+    for name, ms in in_context.items():
+        context_groups["VM builtins (allocations, views)" if name.startswith("vm.") else _group(name)] += ms
     label = "dense" if args.rate is None else f"{args.rate:g}x"
     table = Table(title=f"{args.model} ({label}) @{args.size}, batch 1, {args.threads} threads: whole model "
-                        f"{whole:.2f} ms")
-    for col in ("group", "calls", "ms (sum of functions timed alone)"):
+                        f"{whole:.2f} ms ({instrumented_run:.2f} ms instrumented)")
+    for col in ("group", "calls", "ms (sum of functions timed alone)", "ms in the model (instrumented)"):
         table.add_column(col)
-    for g, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
-        table.add_row(g, str(counts[g]), f"{ms:.2f}")
+    for g in sorted(context_groups, key=lambda k: -groups.get(k, 0.0)):
+        table.add_row(g, str(counts[g]) if g in counts else "", f"{groups[g]:.2f}" if g in groups else "",
+                      f"{context_groups[g]:.2f}")
+    table.add_row("total", str(sum(counts.values())), f"{sum(groups.values()):.2f}", f"{sum(context_groups.values()):.2f}")
     Console().print(table)
     top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
+    print("alone ms  in the model ms  function")
     for name, ms in top:
-        print(f"{ms:7.3f} ms  {name}")
+        print(f"{ms:8.3f}  {in_context.get(name, float('nan')):14.3f}  {name}")
     writers = {r.module: {"map": r.shape["planes"], "positions_vs_map": len(r.mask) / math.prod(r.shape["planes"])}
                for r in result.records if r.mask is not None}
     print(f"1x1 convs writing a depthwise conv's planes: {len(writers)}")
@@ -212,12 +334,20 @@ def main() -> None:
         compared = {"as compiled": times[0], **{label: t for (label, _), t in zip(variants, times[1:], strict=True)}}
         for label, ms in compared.items():
             print(f"{ms:7.2f} ms  whole model, {label} ({ms - times[0]:+.2f} ms)")
+    speedups = []
+    if args.kernel_speedups:
+        dense_build = build_relax(dense_import.mod, spec, planner=TilePlanner(spec, cache=TileCache()),
+                                  names=dense_import.names)
+        speedups = _kernel_speedups(dense_build, result, spec, dev, rng)
+        _print_speedups(speedups, label)
     suffix = "" if args.rate is None else f"_{args.rate:g}x"
     path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
                          {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),
-                          "top_functions_ms": dict(top), "compared_whole_model_ms": compared,
-                          "planes_writers": writers})
+                          "top_functions_ms": dict(top), "functions_ms": per_function,
+                          "in_model_functions_ms": in_context, "in_model_groups_ms": dict(context_groups),
+                          "instrumented_run_ms": instrumented_run, "compared_whole_model_ms": compared,
+                          "planes_writers": writers, "kernel_speedups": speedups})
     print(f"wrote {path}")
 
 
