@@ -2,15 +2,20 @@
 
 The model is compiled as `compile_model` does it (same passes, kernels and schedules); each called
 function is then built alone and timed on the constants its first call passes (weights, biases, the
-sparse kernels' index buffers) and random activations of its own shapes (median of 7 x 5 runs:
-at 2 threads on a shared 2-vCPU VM a preempted worker stalls a whole parallel call, and a mean
-keeps those stalls), times the number of calls in ``main``. Functions are grouped as the project's kernels (``npas_*``, which compute their
-layer's bias and activation too), fused elementwise + layout functions (the zero-pad / stride-phase
-copies in front of kxk convs, residual adds, crops, SE gates), and the rest (pooling, reductions).
-The whole model is timed once for comparison, and every function is also timed inside it (the VM
-calls a clock-reading callback around each call; median of 40 runs): the second column shows how
-much longer the functions take in the model than alone (inputs another core wrote, weights not in
-cache), the callback's own cost included.
+sparse kernels' index buffers) and random activations of its own shapes, times the number of calls
+in ``main``: the median of 7 rounds over all functions, 5 runs each (at 2 threads on a shared
+2-vCPU VM a preempted worker stalls a whole parallel call; a median over rounds drops a busy moment).
+Functions are grouped as the project's kernels (``npas_*``, which compute their layer's bias and
+activation too), fused elementwise + layout functions (the zero-pad / stride-phase copies in front of
+kxk convs, residual adds, crops, SE gates), and the rest (pooling, reductions).
+
+The whole model is timed for comparison (median of 15 rounds), and every function is also timed
+inside it: the VM calls a clock-reading callback around each call (``set_instrument``; median of 40
+runs in batches of 5). That column shows how much longer the functions take in the model than alone
+(inputs another core wrote, weights out of cache), the callback's own cost included.
+
+``--rate R --kernel-speedups`` also builds the dense model and times each layer's kernel in both
+builds alone, in alternation: which layers gain less than the rate.
 
     .venv/bin/python benchmarks/bench_function_breakdown.py                        # efficientnet_b0 @224
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --size 224
@@ -63,6 +68,7 @@ from npas_lightning.shrink import frozen_for_compile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
+CONSOLE = Console(width=150)  # wide tables stay unwrapped in logs too
 LAYOUT = ("pad", "reshape", "transpose", "strided_slice", "permute")
 
 
@@ -209,6 +215,8 @@ def _in_context_ms(vm, arg, runs: int = 40) -> tuple[dict[str, float], float]:
     vm.set_instrument(instrument)
     per_run, walls = [], []
     for i in range(runs + 1):
+        if i % 5 == 0:  # batches of 5 runs spread over a few seconds: a busy moment spoils one batch
+            time.sleep(0.2)
         log.clear()
         t0 = clock()
         vm["main"](arg)
@@ -227,6 +235,8 @@ def _in_context_ms(vm, arg, runs: int = 40) -> tuple[dict[str, float], float]:
 
 def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 15) -> list[float]:
     """Median ms of each executable's ``main``, timed in alternation ``rounds`` times."""
+    import time
+
     import tvm
     from tvm import relax
 
@@ -236,6 +246,7 @@ def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 15) -> list[
     samples: list[list[float]] = [[] for _ in vms]
     for _ in range(rounds):
         for vm, out in zip(vms, samples, strict=True):
+            time.sleep(0.05)  # spread over a few seconds: a busy moment of the VM spoils one round
             out.append(vm.time_evaluator("main", dev, number=5, repeat=1)(arg).mean * 1e3)
     return [float(np.median(v)) for v in samples]
 
@@ -250,7 +261,7 @@ def _print_speedups(rows: list[dict], label: str, top: int = 20) -> None:
                       f"{r['dense_ms']:.3f}", f"{r['pruned_ms']:.3f}", f"{r['speedup']:.2f}x")
     dense, pruned = sum(r["dense_ms"] for r in rows), sum(r["pruned_ms"] for r in rows)
     table.add_row(f"all {len(rows)} layers", "", "", "", "", f"{dense:.3f}", f"{pruned:.3f}", f"{dense / pruned:.2f}x")
-    Console().print(table)
+    CONSOLE.print(table)
 
 
 def main() -> None:
@@ -290,15 +301,20 @@ def main() -> None:
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     per_function, groups, counts = {}, collections.defaultdict(float), collections.Counter()
-    for name, (timer, calls) in _alone_timers(result, spec, dev, rng).items():
-        ms = float(np.median([timer() for _ in range(7)])) * calls
+    timers = _alone_timers(result, spec, dev, rng)
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(7):  # rounds over all functions: a busy moment of the VM spoils one round, not a function
+        for name, (timer, _) in timers.items():
+            samples[name].append(timer())
+    for name, (_, calls) in timers.items():
+        ms = float(np.median(samples[name])) * calls
         per_function[name] = ms
         groups[_group(name)] += ms
         counts[_group(name)] += calls
     executable = tvm.compile(result.mod, target=spec.tvm_target)
     vm = relax.VirtualMachine(executable, dev)
     arg = tvm.runtime.tensor(x.numpy())
-    whole = vm.time_evaluator("main", dev, number=5, repeat=5)(arg).median * 1e3
+    whole = _interleaved_ms([executable], x.numpy())[0]
     in_context, instrumented_run = _in_context_ms(vm, arg)
     context_groups: dict[str, float] = collections.defaultdict(float)
     for name, ms in in_context.items():
@@ -312,7 +328,7 @@ def main() -> None:
         table.add_row(g, str(counts[g]) if g in counts else "", f"{groups[g]:.2f}" if g in groups else "",
                       f"{context_groups[g]:.2f}")
     table.add_row("total", str(sum(counts.values())), f"{sum(groups.values()):.2f}", f"{sum(context_groups.values()):.2f}")
-    Console().print(table)
+    CONSOLE.print(table)
     top = sorted(per_function.items(), key=lambda kv: -kv[1])[:10]
     print("alone ms  in the model ms  function")
     for name, ms in top:
@@ -331,9 +347,9 @@ def main() -> None:
             with way():
                 builds.append(build().executable)
         times = _interleaved_ms(builds, x.numpy())
-        compared = {"as compiled": times[0], **{label: t for (label, _), t in zip(variants, times[1:], strict=True)}}
-        for label, ms in compared.items():
-            print(f"{ms:7.2f} ms  whole model, {label} ({ms - times[0]:+.2f} ms)")
+        compared = {"as compiled": times[0], **{way: t for (way, _), t in zip(variants, times[1:], strict=True)}}
+        for way, ms in compared.items():
+            print(f"{ms:7.2f} ms  whole model, {way} ({ms - times[0]:+.2f} ms)")
     speedups = []
     if args.kernel_speedups:
         dense_build = build_relax(dense_import.mod, spec, planner=TilePlanner(spec, cache=TileCache()),
