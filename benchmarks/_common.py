@@ -6,11 +6,20 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def fresh_tile_cache() -> Path:
+    """A path for an empty tile cache. Untuned compiles use every tile a cache holds (tuned once,
+    reused), so a benchmark that builds with the default cache would measure whatever an earlier
+    ``tune=True`` left in ``~/.cache/npas_lightning``; with this one it measures the heuristic tiles a
+    clean machine gets."""
+    return Path(tempfile.mkdtemp(prefix="npas-bench-tiles-")) / "tiles.json"
 
 
 def machine() -> dict[str, Any]:

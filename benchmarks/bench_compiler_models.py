@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from torch import nn
 from npas_lightning.compiler import compile_model
 from npas_lightning.compiler.engines import measure_interleaved, onnxruntime_engine, torch_engine, tvm_engine
 from npas_lightning.compiler.measure import LocalSession
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fresh_tile_cache  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ["efficientnet_b0", "efficientnet_b0:hard", "mobilenetv3_large_100", "mobilenetv3_large_100:hard",
@@ -40,7 +44,7 @@ def bench_one(spec: str, size: int, threads: int, number: int, repeat: int, untu
     model = build(spec)
     x = torch.randn(1, 3, size, size)
     t0 = time.perf_counter()
-    compiled = compile_model(model, x, threads=threads)
+    compiled = compile_model(model, x, threads=threads, tile_cache=fresh_tile_cache())
     compile_s = time.perf_counter() - t0
     xn = x.numpy()
     engines = [tvm_engine(compiled, xn, LocalSession()), torch_engine(model, xn, threads),

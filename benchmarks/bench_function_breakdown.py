@@ -66,7 +66,7 @@ from npas_lightning.compiler.tuning import TileCache
 from npas_lightning.shrink import frozen_for_compile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import fresh_tile_cache, write_results  # noqa: E402
 
 CONSOLE = Console(width=150)  # wide tables stay unwrapped in logs too
 LAYOUT = ("pad", "reshape", "transpose", "strided_slice", "permute")
@@ -292,7 +292,7 @@ def main() -> None:
         model, _ = frozen_for_compile(*_pruned(model, args.rate), x)
     imported = import_model(model, x)
     def build():
-        return build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache()), names=imported.names,
+        return build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache(fresh_tile_cache())), names=imported.names,
                            sparse_layers=getattr(imported, "sparse", None))
 
     result = build()
@@ -352,7 +352,7 @@ def main() -> None:
             print(f"{ms:7.2f} ms  whole model, {way} ({ms - times[0]:+.2f} ms)")
     speedups = []
     if args.kernel_speedups:
-        dense_build = build_relax(dense_import.mod, spec, planner=TilePlanner(spec, cache=TileCache()),
+        dense_build = build_relax(dense_import.mod, spec, planner=TilePlanner(spec, cache=TileCache(fresh_tile_cache())),
                                   names=dense_import.names)
         speedups = _kernel_speedups(dense_build, result, spec, dev, rng)
         _print_speedups(speedups, label)

@@ -33,7 +33,7 @@ from npas_lightning.compiler.rewrite import SPARSE_LOWERINGS
 from npas_lightning.plan import NPASScheme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import fresh_tile_cache, write_results  # noqa: E402
 
 MODELS = ["efficientnet_b0", "mobilenetv3_large_100"]
 
@@ -59,7 +59,7 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
     x = torch.randn(1, 3, size, size)
     compiled, rows = {}, {}
     t0 = time.perf_counter()
-    compiled["dense"] = compile_model(dense, x, threads=threads)
+    compiled["dense"] = compile_model(dense, x, threads=threads, tile_cache=fresh_tile_cache())
     rows["dense"] = {"rate": 1.0, "compile_s": time.perf_counter() - t0}
     for rate in rates:
         model = timm.create_model(name, pretrained=False).eval()
@@ -67,7 +67,7 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
         plan = uniform_plan(model, rate, balanced=balanced)
         apply_masks(model, compute_masks(model, plan), plan)
         t0 = time.perf_counter()
-        c = compile_model(model, x, plan=plan, threads=threads)
+        c = compile_model(model, x, plan=plan, threads=threads, tile_cache=fresh_tile_cache())
         key = f"{rate:g}x"
         compiled[key] = c
         sparse = [k.sparse for k in c.kernels if k.sparse and k.sparse.get("lowering") in SPARSE_LOWERINGS]
