@@ -291,9 +291,9 @@ def main() -> None:
     if args.rate is not None:
         model, _ = frozen_for_compile(*_pruned(model, args.rate), x)
     imported = import_model(model, x)
-    def build():
-        return build_relax(imported.mod, spec, planner=TilePlanner(spec, cache=TileCache(fresh_tile_cache())), names=imported.names,
-                           sparse_layers=getattr(imported, "sparse", None))
+    def build(imp=imported):
+        return build_relax(imp.mod, spec, planner=TilePlanner(spec, cache=TileCache(fresh_tile_cache())), names=imp.names,
+                           sparse_layers=getattr(imp, "sparse", None))
 
     result = build()
     result.mod = relax.transform.RewriteDataflowReshape()(result.mod)  # what the build does to reshapes
@@ -352,8 +352,7 @@ def main() -> None:
             print(f"{ms:7.2f} ms  whole model, {way} ({ms - times[0]:+.2f} ms)")
     speedups = []
     if args.kernel_speedups:
-        dense_build = build_relax(dense_import.mod, spec, planner=TilePlanner(spec, cache=TileCache(fresh_tile_cache())),
-                                  names=dense_import.names)
+        dense_build = build(dense_import)
         speedups = _kernel_speedups(dense_build, result, spec, dev, rng)
         _print_speedups(speedups, label)
     suffix = "" if args.rate is None else f"_{args.rate:g}x"
