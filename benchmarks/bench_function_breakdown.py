@@ -14,6 +14,10 @@ inside it: the VM calls a clock-reading callback around each call (``set_instrum
 runs in batches of 5). That column shows how much longer the functions take in the model than alone
 (inputs another core wrote, weights out of cache), the callback's own cost included.
 
+``--threads 1`` runs everything on one core (results file ``..._1t.json``): inside the model the
+functions then lose only what cold caches cost, not what reading the other core's writes costs
+(``bench_cross_core.py``).
+
 ``--rate R --kernel-speedups`` also builds the dense model and times each layer's kernel in both
 builds alone, in alternation: which layers gain less than the rate.
 
@@ -31,6 +35,9 @@ with the one compiled as usual:
   timed, never used for results); the difference is what computing SiLU costs, at any pruning rate;
 - ``planes``: no 1x1 conv writing the next depthwise conv's padded planes (both planes limits 0):
   the expanded tensors are copied into the planes instead;
+- ``split``: no 1x1 projection conv splitting its reduction between the cores
+  (``rewrite.SPLIT_REDUCTION = False``; :mod:`npas_lightning.compiler.split_conv`): each reads
+  every input channel, half of them from the other core's cache;
 - ``activations``: SiLU and hard-swish in the forms the kernels used before (TOPI's Cephes exp and
   a division by 6, see ``bench_kernel_ablation.py``).
 
@@ -120,8 +127,22 @@ def _activations_before():
     return activation_forms("before")
 
 
+@contextlib.contextmanager
+def _no_split():
+    """Kernels built inside split no reduction between the cores (``rewrite.SPLIT_REDUCTION``)."""
+    from npas_lightning.compiler import rewrite
+
+    real = rewrite.SPLIT_REDUCTION
+    rewrite.SPLIT_REDUCTION = False
+    try:
+        yield
+    finally:
+        rewrite.SPLIT_REDUCTION = real
+
+
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
+               "split": ("no split reductions (every 1x1 conv split by filters)", _no_split),
                "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0)),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before)}
 
@@ -355,7 +376,7 @@ def main() -> None:
         dense_build = build(dense_import)
         speedups = _kernel_speedups(dense_build, result, spec, dev, rng)
         _print_speedups(speedups, label)
-    suffix = "" if args.rate is None else f"_{args.rate:g}x"
+    suffix = ("" if args.rate is None else f"_{args.rate:g}x") + ("" if args.threads == 2 else f"_{args.threads}t")
     path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
                          {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),

@@ -43,7 +43,7 @@ __all__ = ["Compiled", "compile_model", "compiler_version", "plan_hash"]
 
 _VERSIONED_SOURCES = ("fastmath.py", "fold.py", "conv_kernel.py", "dense_kernel.py", "epilogue.py", "generic_schedule.py",
                       "rewrite.py", "pipeline.py", "frontend.py", "sparse_pack.py", "sparse_import.py",
-                      "pattern_kernel.py", "threads.py")
+                      "pattern_kernel.py", "split_conv.py", "threads.py")
 
 
 def compiler_version() -> str:
@@ -200,7 +200,8 @@ class Compiled:
             "versions": {"tvm": str(tvm.__version__), "torch": torch.__version__, "npas_lightning": npas_version,
                          "compiler": compiler_version()},
             "kernels": [{"kind": k.kind, "module": k.module, "symbol": k.symbol, "shape": k.shape, "tile": k.tile,
-                         "tuned": k.tuned, "sparse": k.sparse, "epilogue": k.epilogue} for k in self.kernels],
+                         "tuned": k.tuned, "sparse": k.sparse, "epilogue": k.epilogue, "split": k.split}
+                        for k in self.kernels],
             "prepare": self.prepare_info,
             "compile_time_s": self.timings,
             "numerics": self.numerics,

@@ -186,7 +186,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
                   counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False,
-                  masked: bool = False, cblock: int | None = None):
+                  masked: bool = False, cblock: int | None = None, split: int = 1):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -216,8 +216,20 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     adding its part to ``Y``. A chunk's input rows of one block stay in L1 while all filter tiles
     read them (see :func:`channel_starts`). The PrimFunc gets a buffer ``S[Fn, CB+1]`` after ``Ks``,
     and the call returns ``(func, (chan, shift, starts))``.
+
+    ``split`` (> 1) splits the reduction over input channels between that many threads, as a
+    channel-parallel producer wrote them, and adds the partial sums up in a second pass
+    (:mod:`npas_lightning.compiler.split_conv`): dense 1x1 convs, or block-sparse ones with
+    ``counts`` (then with ``S[Fn, parts+1]`` after ``Ks``, as ``cblock``); not with ``masked`` or
+    ``cblock``.
     """
     from tvm import te
+
+    if split != 1:
+        from .split_conv import split_conv_primfunc
+
+        return split_conv_primfunc(g, tile, split, kept=kept, counts=counts, epilogue=epilogue, gate=gate,
+                                   masked=masked, cblock=cblock)
 
     if masked and epilogue is None:
         raise ValueError("masked=True needs epilogue=...: without a bias, zero padding already gives zero outputs")

@@ -34,8 +34,9 @@ from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "KernelChoice", "KernelRecord",
-           "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels", "pattern_kernel_choices", "rewrite_kernels", "time_conv_tile"]
+__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "SPLIT_REDUCTION",
+           "KernelChoice", "KernelRecord", "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels",
+           "pattern_kernel_choices", "reduction_split", "rewrite_kernels", "time_conv_tile"]
 
 
 @dataclass
@@ -68,6 +69,8 @@ class KernelRecord:
     #: per-pixel factor the kernel multiplies its activations by (a 1x1 conv writing the next depthwise
     #: conv's padded planes: 0 on the padding), passed after ``bias``
     mask: np.ndarray | None = field(default=None, repr=False)
+    #: threads the conv's reduction over input channels is split between (:mod:`.split_conv`; 1: none)
+    split: int = 1
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ class TilePlanner:
         self.tune = tune and spec.is_host
         self.cache = cache if cache is not None else TileCache()
         self.lanes = spec.vector_lanes
+        #: cores the kernels' parallel loops run on (the target's ``num-cores``)
+        self.threads = int(spec.target.get("num-cores") or 1)
 
     def _key(self, kind: str, shape: dict) -> str:
         return f"{kind}|{sorted(shape.items())}|{self.spec.key()}"
@@ -344,6 +349,28 @@ def _rows_mean(y, weights, keepdims: bool):
     if not keepdims:
         return mean
     return te.compute((n, c, 1, 1), lambda i, j, *_: mean[i, j], name="rows_mean_4d")
+
+
+#: a 1x1 conv reading more channels than it writes splits its reduction between the cores the way
+#: its channel-parallel producer wrote them (:mod:`.split_conv`): each core reads its own cache
+#: (``bench_function_breakdown.py --compare split``; ``bench_cross_core.py``)
+SPLIT_REDUCTION = True
+
+
+def reduction_split(g: ConvGeometry, threads: int, chain: EpilogueChain | None = None, cblock: int = 0) -> int:
+    """How many threads a conv's reduction is split between (``conv_primfunc(split=)``): all of
+    them for a 1x1 stride-1 conv with more input channels than filters (a projection) that does not
+    write a depthwise conv's planes and has no channel blocks, else 1.
+
+    Example:
+        >>> g = ConvGeometry.make(1, 96, 14, 14, 24, (1, 1), 1, (0, 0, 0, 0), pixels=32)
+        >>> reduction_split(g, 2), reduction_split(g, 1), reduction_split(replace(g, f=96), 2)
+        (2, 1, 1)
+    """
+    if (not SPLIT_REDUCTION or threads < 2 or cblock or (g.kh, g.kw, g.stride) != (1, 1, 1) or g.f >= g.c
+            or (chain is not None and chain.feeds_depthwise)):
+        return 1
+    return int(threads)
 
 
 def _fit_rows(tile: ConvTile, geom: Callable[[ConvTile], ConvGeometry], rows: _Rows | None) -> ConvTile:
@@ -525,8 +552,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             g = geom(tile)
             idx = len(records)
             symbol = f"npas_{kind}_{idx}"
+            split = reduction_split(g, planner.threads, chain) if kind == "conv" else 1
             if kind == "conv":
-                func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args))
+                func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args), split=split)
                 packed, fp = pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
                 xf = rows.y if rows is not None else self._to_planes(x, g)
             else:
@@ -535,10 +563,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             gv = self._add_kernel(func, symbol)
             y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), *gate_args, *_bias_args(chain, fp)],
                                                   relax.TensorType((n, fp, g.mp), "float32")))
-            keep_func = act is not None or rows is not None or g.row > 0
+            keep_func = act is not None or rows is not None or g.row > 0 or split > 1
             records.append(KernelRecord(idx, kind, module, gv.name_hint, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
                                         packed, func=func if keep_func else None, epilogue=act,
-                                        bias=chain.bias if act else None))
+                                        bias=chain.bias if act else None, split=split))
             out = self._crop(y, g, fp, width=rows.ow if rows is not None else None)
             if kind == "conv" and not gate_args:
                 self._planes_writer(out, x, g, tile, chain, idx, [relax.const(packed)],
@@ -681,10 +709,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
 
             def build(tile: ConvTile, cblock: int = 0, epilogue: str | None = None, gate: bool = False,
-                      g: ConvGeometry | None = None, masked: bool = False):  # timed without epilogue and gate
+                      g: ConvGeometry | None = None, masked: bool = False, split: int = 1):  # timed plain
                 g, pk = g or geom(tile), packs[tile.ft]
                 func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue, gate=gate,
-                                              masked=masked, cblock=cblock or None)
+                                              masked=masked, cblock=cblock or None, split=split)
                 return g, pk, func, list(buffers)
 
             def run(choice: KernelChoice) -> float:
@@ -712,7 +740,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                     _block_conv_default(default, blocked, geom), run)
             tile, cblock = _fit_rows(choice.tile, geom, rows), choice.cblock
             act = chain.act if chain is not None else None
-            g, pk, func, buffers = build(tile, cblock, epilogue=act, gate=bool(gate_args))
+            split = reduction_split(geom(tile), planner.threads, chain, cblock)
+            g, pk, func, buffers = build(tile, cblock, epilogue=act, gate=bool(gate_args), split=split)
             idx = len(records)
             symbol = f"npas_sparse_conv_{idx}"
             gv = self._add_kernel(func, symbol)
@@ -727,7 +756,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             info["cblock"] = cblock
             records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, buffers,
-                                        pk.order, func, act, chain.bias if act else None))
+                                        pk.order, func, act, chain.bias if act else None, split=split))
             out = self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
             if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
                 consts = [relax.const(pk.packed), *[relax.const(b) for b in buffers]]
@@ -898,13 +927,13 @@ def drop_unused_kernels(mod):
 
 
 def clear_kernel_caches() -> None:
-    """Forget the memoised IR-builder kernels (counts, channel-blocked, dense, per-pattern), so that
-    kernels built next read the module settings again (``STACK_SCOPE``, ``epilogue.activation_expr``
-    in the benchmarks' ablations)."""
-    from . import conv_kernel, dense_kernel, pattern_kernel
+    """Forget the memoised IR-builder kernels (counts, channel-blocked, split, dense, per-pattern), so
+    that kernels built next read the module settings again (``STACK_SCOPE``,
+    ``epilogue.activation_expr`` in the benchmarks' ablations)."""
+    from . import conv_kernel, dense_kernel, pattern_kernel, split_conv
 
-    for built in (conv_kernel._conv_counts_built, conv_kernel._conv_blocked_built, dense_kernel._dense_counts_built,
-                  pattern_kernel._pattern_built):
+    for built in (conv_kernel._conv_counts_built, conv_kernel._conv_blocked_built, split_conv._split_built,
+                  dense_kernel._dense_counts_built, pattern_kernel._pattern_built):
         built.cache_clear()
 
 

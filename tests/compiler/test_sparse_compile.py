@@ -85,6 +85,16 @@ def test_mixed_plan_efficientnet_matches_torch_with_every_scheme(effnet_mixed):
     assert compiled.prepare_info["sparse_layers"] >= 10
     manifest = compiled.manifest()
     assert any(k["sparse"] for k in manifest["kernels"])
+    # projections (more input channels than filters) split their reduction between the two threads,
+    # dense and block-sparse alike; expand convs do not (split_conv)
+    splits = {r.module: r.split for r in compiled.kernels}
+    assert splits["blocks.4.0.conv_pwl"] == splits["blocks.4.1.conv_pwl"] == 2  # block_punched 5x
+    assert splits["blocks.2.0.conv_pwl"] == 2 and splits["blocks.2.0.conv_pw"] == 1  # dense
+    assert {k["split"] for k in manifest["kernels"]} == {1, 2}
+    for rec in compiled.kernels:
+        if rec.split > 1:  # each split kernel alone against its layer in PyTorch
+            stats = check_kernel(rec, compiled.target.tvm_target)
+            assert stats["max_rel"] < 1e-4 or stats["max_abs"] < 1e-4, (rec.module, stats)
 
 
 def test_sparse_kernels_check_alone_against_their_layer():
