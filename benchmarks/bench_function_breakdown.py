@@ -38,6 +38,8 @@ with the one compiled as usual:
 - ``split``: no 1x1 projection conv splitting its reduction between the cores
   (``rewrite.SPLIT_REDUCTION = False``; :mod:`npas_lightning.compiler.split_conv`): each reads
   every input channel, half of them from the other core's cache;
+- ``partials``: split convs without activation adding their parts up in a second pass of their own
+  (``rewrite.SPLIT_PARTIALS = False``) instead of leaving them to the function that reads them next;
 - ``activations``: SiLU and hard-swish in the forms the kernels used before (TOPI's Cephes exp and
   a division by 6, see ``bench_kernel_ablation.py``).
 
@@ -140,9 +142,23 @@ def _no_split():
         rewrite.SPLIT_REDUCTION = real
 
 
+@contextlib.contextmanager
+def _no_partials():
+    """Split convs built inside add their parts in a second pass of their own (``rewrite.SPLIT_PARTIALS``)."""
+    from npas_lightning.compiler import rewrite
+
+    real = rewrite.SPLIT_PARTIALS
+    rewrite.SPLIT_PARTIALS = False
+    try:
+        yield
+    finally:
+        rewrite.SPLIT_PARTIALS = real
+
+
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "split": ("no split reductions (every 1x1 conv split by filters)", _no_split),
+               "partials": ("split convs adding their parts in a second pass", _no_partials),
                "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0)),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before)}
 

@@ -186,7 +186,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
                   counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False,
-                  masked: bool = False, cblock: int | None = None, split: int = 1):
+                  masked: bool = False, cblock: int | None = None, split: int = 1, partials: bool = False):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -221,7 +221,8 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     channel-parallel producer wrote them, and adds the partial sums up in a second pass
     (:mod:`npas_lightning.compiler.split_conv`): dense 1x1 convs, or block-sparse ones with
     ``counts`` (then with ``S[Fn, parts+1]`` after ``Ks``, as ``cblock``); not with ``masked`` or
-    ``cblock``.
+    ``cblock``. With ``partials=True`` (no activation) the kernel skips that pass and writes every
+    part's sums, ``Y[parts, N, Fn*ft, Mp]``, for the caller to add up.
     """
     from tvm import te
 
@@ -229,7 +230,9 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         from .split_conv import split_conv_primfunc
 
         return split_conv_primfunc(g, tile, split, kept=kept, counts=counts, epilogue=epilogue, gate=gate,
-                                   masked=masked, cblock=cblock)
+                                   masked=masked, cblock=cblock, partials=partials)
+    if partials:
+        raise ValueError("partials=True needs split=... > 1: only a split reduction leaves partial sums")
 
     if masked and epilogue is None:
         raise ValueError("masked=True needs epilogue=...: without a bias, zero padding already gives zero outputs")

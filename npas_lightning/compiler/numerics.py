@@ -21,6 +21,7 @@ from .conv_kernel import (
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
 from .epilogue import apply_epilogue, kernel_bias
 from .errors import NumericsError
+from .split_conv import split_bounds
 
 __all__ = ["check_numerics", "check_kernel", "compare"]
 
@@ -87,21 +88,23 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
         ref = ref * record.mask[: g.m].reshape(g.oh, g.wq)[:, : g.ow]
     planes = planes_from_nchw(x, g)[:, :, : g.x_len]
     planes = np.pad(planes, [(0, 0), (0, 0), (0, g.x_len - planes.shape[2])])
-    out = _run(func, target, [planes, *weights], (g.n, fp, g.mp))
+    parts = len(split_bounds(g.c, record.split)) - 1 if record.partials else 1
+    out = _run(func, target, [planes, *weights], (g.n, fp, g.mp), parts)
     if record.order is not None:  # filter slots back to the model's order
         out = out[:, np.argsort(record.order)]
     return compare(nchw_from_planes(out, g), ref)
 
 
-def _run(func, target, inputs: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
-    """Build ``func`` for ``target`` and run it on the host with ``inputs`` and one float32 output."""
+def _run(func, target, inputs: list[np.ndarray], out_shape: tuple[int, ...], parts: int = 1) -> np.ndarray:
+    """Build ``func`` for ``target`` and run it on the host with ``inputs`` and one float32 output
+    (``parts`` > 1: a split kernel's ``[parts, *out_shape]`` partial sums, added up here)."""
     import tvm
 
     dev = tvm.cpu()
     lib = tvm.tirx.build(func, target=target)
-    y = tvm.runtime.empty(out_shape, "float32", dev)
+    y = tvm.runtime.empty(out_shape if parts <= 1 else (parts, *out_shape), "float32", dev)
     lib(*[tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in inputs], y)
-    return y.numpy()
+    return y.numpy() if parts <= 1 else y.numpy().sum(axis=0)
 
 
 def _ok(stats: dict[str, float], rtol: float, atol: float) -> bool:

@@ -31,10 +31,11 @@ from .epilogue import EpilogueChain, find_epilogues, kernel_bias
 from .pattern_kernel import pack_pattern, pattern_primfunc
 from .relax_utils import rewrite_relax_functions
 from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
+from .split_conv import split_bounds
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "SPLIT_REDUCTION",
+__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "SPLIT_PARTIALS", "SPLIT_REDUCTION",
            "KernelChoice", "KernelRecord", "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels",
            "pattern_kernel_choices", "reduction_split", "rewrite_kernels", "time_conv_tile"]
 
@@ -71,6 +72,9 @@ class KernelRecord:
     mask: np.ndarray | None = field(default=None, repr=False)
     #: threads the conv's reduction over input channels is split between (:mod:`.split_conv`; 1: none)
     split: int = 1
+    #: the split kernel writes every part's sums, ``Y[parts, N, Fp, Mp]``, which the graph adds up
+    #: (no second pass in the kernel)
+    partials: bool = False
 
 
 @dataclass(frozen=True)
@@ -356,6 +360,10 @@ def _rows_mean(y, weights, keepdims: bool):
 #: (``bench_function_breakdown.py --compare split``; ``bench_cross_core.py``)
 SPLIT_REDUCTION = True
 
+#: a split conv without activation leaves its parts' sums for the graph to add (in the function that
+#: reads the conv next) instead of adding them in a second pass of its own
+SPLIT_PARTIALS = True
+
 
 def reduction_split(g: ConvGeometry, threads: int, chain: EpilogueChain | None = None, cblock: int = 0) -> int:
     """How many threads a conv's reduction is split between (``conv_primfunc(split=)``): all of
@@ -553,20 +561,21 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             idx = len(records)
             symbol = f"npas_{kind}_{idx}"
             split = reduction_split(g, planner.threads, chain) if kind == "conv" else 1
+            partials = SPLIT_PARTIALS and split > 1 and act in (None, "none")
             if kind == "conv":
-                func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args), split=split)
+                func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args), split=split, partials=partials)
                 packed, fp = pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
                 xf = rows.y if rows is not None else self._to_planes(x, g)
             else:
                 xf, g = self._planes_input(x, g, shape)
                 func, packed, fp = depthwise_primfunc(g, tile, epilogue=act), pack_depthwise_weight(weight), c
             gv = self._add_kernel(func, symbol)
-            y = self.builder_.emit(relax.call_tir(gv, [xf, relax.const(packed), *gate_args, *_bias_args(chain, fp)],
-                                                  relax.TensorType((n, fp, g.mp), "float32")))
+            y = self._call_kernel(gv, [xf, relax.const(packed), *gate_args, *_bias_args(chain, fp)], g, fp,
+                                  split if partials else 1)
             keep_func = act is not None or rows is not None or g.row > 0 or split > 1
             records.append(KernelRecord(idx, kind, module, gv.name_hint, shape, tile.to_dict(), tuned, weight, _flops(g, kind),
                                         packed, func=func if keep_func else None, epilogue=act,
-                                        bias=chain.bias if act else None, split=split))
+                                        bias=chain.bias if act else None, split=split, partials=partials))
             out = self._crop(y, g, fp, width=rows.ow if rows is not None else None)
             if kind == "conv" and not gate_args:
                 self._planes_writer(out, x, g, tile, chain, idx, [relax.const(packed)],
@@ -671,6 +680,22 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             return self.builder_.emit(relax.call_pure_packed(
                 "vm.builtin.reshape", x, relax.ShapeExpr(list(flat)), ty_args=relax.TensorType(flat, "float32")))
 
+        def _call_kernel(self, gv, args: list, g: ConvGeometry, fp: int, split: int = 1):
+            """Emit ``call_tir(gv, args)`` writing ``[N, fp, Mp]``. ``split`` > 1: a split kernel
+            writing every part's sums (``conv_primfunc(partials=True)``), added up here as Relax ops,
+            so the sum fuses into the function that reads the conv next instead of costing the
+            kernel a second pass."""
+            if split <= 1:
+                return self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((g.n, fp, g.mp), "float32")))
+            parts = len(split_bounds(g.c, split)) - 1
+            sums = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((parts, g.n, fp, g.mp), "float32")))
+            y = None
+            for q in range(parts):
+                part = self.builder_.emit(relax.op.strided_slice(sums, [0], [q], [q + 1]))
+                part = self.builder_.emit(relax.op.reshape(part, (g.n, fp, g.mp)))
+                y = part if y is None else self.builder_.emit(relax.op.add(y, part))
+            return y
+
         def _crop(self, y, g: ConvGeometry, fp: int, order: np.ndarray | None = None, width: int | None = None):
             """``[N, F, OH, OW]`` from a kernel's output rows ``y`` (``width``: valid columns when they
             are fewer than ``g.ow``). Remembers ``y`` so that a following 1x1 conv can read it instead."""
@@ -709,10 +734,11 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             default = ConvTile(default_ft, 2 if m >= 8 * v else 1, v)
 
             def build(tile: ConvTile, cblock: int = 0, epilogue: str | None = None, gate: bool = False,
-                      g: ConvGeometry | None = None, masked: bool = False, split: int = 1):  # timed plain
+                      g: ConvGeometry | None = None, masked: bool = False, split: int = 1,
+                      partials: bool = False):  # timed plain
                 g, pk = g or geom(tile), packs[tile.ft]
                 func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue, gate=gate,
-                                              masked=masked, cblock=cblock or None, split=split)
+                                              masked=masked, cblock=cblock or None, split=split, partials=partials)
                 return g, pk, func, list(buffers)
 
             def run(choice: KernelChoice) -> float:
@@ -741,22 +767,23 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             tile, cblock = _fit_rows(choice.tile, geom, rows), choice.cblock
             act = chain.act if chain is not None else None
             split = reduction_split(geom(tile), planner.threads, chain, cblock)
-            g, pk, func, buffers = build(tile, cblock, epilogue=act, gate=bool(gate_args), split=split)
+            partials = SPLIT_PARTIALS and split > 1 and act in (None, "none")
+            g, pk, func, buffers = build(tile, cblock, epilogue=act, gate=bool(gate_args), split=split,
+                                         partials=partials)
             idx = len(records)
             symbol = f"npas_sparse_conv_{idx}"
             gv = self._add_kernel(func, symbol)
             fp = pk.packed.shape[0] * tile.ft
             xf = rows.y if rows is not None else self._to_planes(x, g)
-            y = self.builder_.emit(relax.call_tir(
-                gv, [xf, relax.const(pk.packed), *[relax.const(b) for b in buffers], *gate_args,
-                     *_bias_args(chain, fp, pk.order)],
-                relax.TensorType((g.n, fp, g.mp), "float32")))
+            y = self._call_kernel(gv, [xf, relax.const(pk.packed), *[relax.const(b) for b in buffers], *gate_args,
+                                       *_bias_args(chain, fp, pk.order)], g, fp, split if partials else 1)
             info = _sparse_info(scheme, pk.kept.shape[1], density=pk.work_fraction, kept=pk.kept_fraction,
                                 reorder=pk.order is not None)
             info["cblock"] = cblock
             records.append(KernelRecord(idx, "conv", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(g.flops * pk.work_fraction)), pk.packed, info, buffers,
-                                        pk.order, func, act, chain.bias if act else None, split=split))
+                                        pk.order, func, act, chain.bias if act else None, split=split,
+                                        partials=partials))
             out = self._crop(y, g, fp, pk.order, width=rows.ow if rows is not None else None)
             if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
                 consts = [relax.const(pk.packed), *[relax.const(b) for b in buffers]]

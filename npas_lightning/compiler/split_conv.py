@@ -8,10 +8,14 @@ other conv kernels do, every core reads the other cores' channels from their cac
 about twice as long as reading its own (``benchmarks/bench_cross_core.py``).
 
 This kernel splits the input channels the same way instead. In a first parallel loop, core ``p``
-sums its own channels' entries for every filter, into ``Y`` (``p = 0``) or a partial buffer. In a
-second one, parallel over filter tiles, the partial sums are added up, with the bias and the
+sums its own channels' entries for every filter into part ``p`` of a ``[parts, N, F, Mp]`` buffer.
+In a second one, parallel over filter tiles, the parts are added up, with the bias and the
 activation. The cores then exchange ``F`` partial rows instead of ``C`` input rows, a sixth as many
-in the inverted-residual blocks of efficientnet_b0 and mobilenetv3.
+in the inverted-residual blocks of efficientnet_b0 and mobilenetv3. A projection has no
+activation, so the compiler leaves the second loop out (``partials=True``): the kernel's output is
+the parts buffer, the first part starting from the bias, and the graph adds the parts up in the
+function that reads the conv's output next (a crop, a residual add, a zero-pad), which reads it
+anyway.
 
 Example (a 1x1 conv, 64 -> 16 channels, reduction split in two):
     >>> from npas_lightning.compiler.conv_kernel import ConvGeometry, ConvTile, conv_primfunc
@@ -46,17 +50,24 @@ def split_bounds(channels: int, parts: int) -> np.ndarray:
 
 def split_conv_primfunc(g, tile, split: int, *, kept: np.ndarray | None = None, counts: np.ndarray | None = None,
                         epilogue: str | None = None, gate: bool = False, masked: bool = False,
-                        cblock: int | None = None):
+                        cblock: int | None = None, partials: bool = False):
     """``conv_primfunc(g, tile, ..., split=split)``: see :func:`conv_primfunc` for the arguments.
 
     Dense (``kept`` None): 1x1 convs only, PrimFunc ``(X, W, [G], [B], Y)`` as without ``split``.
     Block-sparse: needs ``counts``; the PrimFunc gets ``S[Fn, parts+1]`` after ``Ks`` (where each
     part's entries start in each filter tile's kept list, :func:`channel_starts`) and the call
     returns ``(func, (chan, shift, starts))``.
+
+    ``partials=True`` leaves out the second pass: the output is ``Y[parts, N, Fn*ft, Mp]``, every
+    part's sums (the first part's with the bias), for the caller to add up in the fused function
+    that reads the conv next. No activation then (``epilogue`` None or ``"none"``).
     """
     from .conv_kernel import _ceil_div, _check_rows_kept, channel_starts, check_counts
 
     bounds = split_bounds(g.c, split)
+    if partials and epilogue not in (None, "none"):
+        raise ValueError(f"partials=True with epilogue={epilogue!r}: an activation needs the whole sum, "
+                         f"expected epilogue None or 'none'")
     if masked or cblock is not None:
         raise ValueError(f"split={split} cannot be combined with masked=True or cblock=...: a split reduction "
                          f"is added up in a second pass, which neither a planes mask nor channel blocks support")
@@ -65,7 +76,8 @@ def split_conv_primfunc(g, tile, split: int, *, kept: np.ndarray | None = None, 
         if (g.kh, g.kw) != (1, 1):
             raise ValueError(f"split={split} on a dense {g.kh}x{g.kw} conv: the dense kernel splits 1x1 convs only "
                              f"(give kept=... and counts=... for a block-sparse kxk conv)")
-        return _split_built(g, tile, g.c, fn, tuple(int(b) for b in bounds), epilogue, bool(gate), sparse=False)
+        return _split_built(g, tile, g.c, fn, tuple(int(b) for b in bounds), epilogue, bool(gate), sparse=False,
+                            partials=bool(partials))
     if counts is None:
         raise ValueError(f"split={split} needs counts=... with kept=...: each part reads its channels' entries, "
                          f"which must be sorted by channel (pack_sparse_rows)")
@@ -76,14 +88,17 @@ def split_conv_primfunc(g, tile, split: int, *, kept: np.ndarray | None = None, 
     step = int(bounds[1] - bounds[0])
     starts = channel_starts(chan, counts, step, g.c) if step < g.c else \
         np.stack([np.zeros_like(counts), counts], axis=1).astype("int32")
-    func = _split_built(g, tile, kept.shape[1], fn, tuple(int(b) for b in bounds), epilogue, bool(gate), sparse=True)
+    func = _split_built(g, tile, kept.shape[1], fn, tuple(int(b) for b in bounds), epilogue, bool(gate), sparse=True,
+                        partials=bool(partials))
     return func, (chan, shift, starts)
 
 
 @functools.lru_cache(maxsize=256)
-def _split_built(g, tile, k: int, fn: int, bounds: tuple[int, ...], epilogue: str | None, gate: bool, sparse: bool):
-    """IR builder: the two parallel loops of the module docstring. ``k`` = reduction entries per
-    filter tile (``C`` dense); ``bounds`` = :func:`split_bounds`."""
+def _split_built(g, tile, k: int, fn: int, bounds: tuple[int, ...], epilogue: str | None, gate: bool, sparse: bool,
+                 partials: bool = False):
+    """IR builder: the two parallel loops of the module docstring (the first alone with
+    ``partials``). ``k`` = reduction entries per filter tile (``C`` dense); ``bounds`` =
+    :func:`split_bounds`."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
@@ -101,6 +116,7 @@ def _split_built(g, tile, k: int, fn: int, bounds: tuple[int, ...], epilogue: st
     ft, px = tile.ft, _check_pixels(g, tile)
     chunks, parts = g.mp // px, len(bounds) - 1
     lows, highs = np.array(bounds[:-1]), np.array(bounds[1:])
+    zero = tirx.const(0, "float32")
     with IRBuilder() as ib, T.prim_func():
         if sparse:
             x, w, kc, ks = _gathered_conv_args(g, fn, k, ft)
@@ -111,9 +127,13 @@ def _split_built(g, tile, k: int, fn: int, bounds: tuple[int, ...], epilogue: st
             w = T.arg("W", T.buffer((fn, g.c, ft), "float32"))
         gates = T.arg("G", T.buffer((g.n, g.c), "float32")) if gate else None
         bias = T.arg("B", T.buffer((fn * ft,), "float32")) if epilogue else None
-        y = T.arg("Y", T.buffer((g.n, fn * ft, g.mp), "float32"))
+        shape = (parts, g.n, fn * ft, g.mp)  # every part's sums: the output itself with ``partials``
+        if partials:
+            sums = T.arg("Y", T.buffer(shape, "float32"))
+        else:
+            y = T.arg("Y", T.buffer((g.n, fn * ft, g.mp), "float32"))
+            sums = T.alloc_buffer(shape, "float32")
         T.func_attr({"tirx.noalias": True})
-        partial = T.alloc_buffer((max(parts - 1, 1), g.n, fn * ft, g.mp), "float32")  # parts 1.. (part 0: Y)
         with T.parallel(0, parts) as p:  # core p: its own channels, every filter tile
             wg = T.alloc_buffer((k, ft), "float32", scope=STACK_SCOPE) if gate else None
             with T.serial(0, g.n) as n, T.serial(0, fn) as fb:
@@ -127,28 +147,25 @@ def _split_built(g, tile, k: int, fn: int, bounds: tuple[int, ...], epilogue: st
                 with T.serial(0, chunks) as ch:
                     m0 = ch * px
                     acc = accumulators(ft, px)
-                    for fi, i in register_tile(tile):
-                        T.buffer_store(acc[fi], tirx.const(0, "float32"), [i])
+                    for fi, i in register_tile(tile):  # with partials, the first part starts from the bias
+                        start = zero if not partials or bias is None else \
+                            tirx.Select(p == 0, bias[fb * ft + fi], zero)
+                        T.buffer_store(acc[fi], start, [i])
                     with T.serial(lo[0], hi[0]) as rk:
                         for fi, i in register_tile(tile):
                             weight = wg[rk, fi] if gate else w[fb, rk, fi]
                             value = x[n, kc[fb, rk], ks[fb, rk] + m0 + i] if sparse else x[n, rk, m0 + i]
                             T.buffer_store(acc[fi], acc[fi][i] + weight * value, [i])
-                    with T.If(p == 0):
-                        with T.Then():
-                            for fi, i in register_tile(tile):
-                                T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
-                        with T.Else():
-                            for fi, i in register_tile(tile):
-                                T.buffer_store(partial, acc[fi][i], [p - 1, n, fb * ft + fi, m0 + i])
-        # add the parts up, filter tiles split between the cores
-        with T.parallel(0, fn) as fb, T.serial(0, g.n) as n, T.serial(0, chunks) as ch:
-            m0 = ch * px
-            for fi, i in register_tile(tile, T.serial):
-                z = y[n, fb * ft + fi, m0 + i]
-                for q in range(parts - 1):
-                    z = z + partial[q, n, fb * ft + fi, m0 + i]
-                if epilogue:
-                    z = activation_expr(epilogue, z + bias[fb * ft + fi])
-                T.buffer_store(y, z, [n, fb * ft + fi, m0 + i])
+                    for fi, i in register_tile(tile):
+                        T.buffer_store(sums, acc[fi][i], [p, n, fb * ft + fi, m0 + i])
+        if not partials:  # add the parts up, filter tiles split between the cores
+            with T.parallel(0, fn) as fb, T.serial(0, g.n) as n, T.serial(0, chunks) as ch:
+                m0 = ch * px
+                for fi, i in register_tile(tile, T.serial):
+                    z = sums[0, n, fb * ft + fi, m0 + i]
+                    for q in range(1, parts):
+                        z = z + sums[q, n, fb * ft + fi, m0 + i]
+                    if epilogue:
+                        z = activation_expr(epilogue, z + bias[fb * ft + fi])
+                    T.buffer_store(y, z, [n, fb * ft + fi, m0 + i])
     return ib.get()

@@ -91,6 +91,9 @@ def test_mixed_plan_efficientnet_matches_torch_with_every_scheme(effnet_mixed):
     assert splits["blocks.4.0.conv_pwl"] == splits["blocks.4.1.conv_pwl"] == 2  # block_punched 5x
     assert splits["blocks.2.0.conv_pwl"] == 2 and splits["blocks.2.0.conv_pw"] == 1  # dense
     assert {k["split"] for k in manifest["kernels"]} == {1, 2}
+    # without an activation the partial sums are added by the graph, fused into the next function
+    assert all(r.partials == (r.epilogue in (None, "none")) for r in compiled.kernels if r.split > 1)
+    assert any(r.partials for r in compiled.kernels)
     for rec in compiled.kernels:
         if rec.split > 1:  # each split kernel alone against its layer in PyTorch
             stats = check_kernel(rec, compiled.target.tvm_target)

@@ -102,6 +102,33 @@ def test_dense_split_conv_matches_torch(split, gate, act):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("sparse,split", [(True, 2), (True, 3), (False, 2)])
+def test_split_conv_partials_add_up_to_the_conv(sparse, split):
+    """``partials=True``: no second pass; the parts of ``Y[parts, ...]`` (the first with the bias) add up to the conv."""
+    rng = np.random.default_rng(7)
+    n, c, h, f = 2, 50, 7, 16
+    x = rng.standard_normal((n, c, h, h)).astype("float32")
+    w = _masked((f, c, 1, 1), "block_based" if sparse else "dense", 4.0, 8, block=(8, 4))
+    tile = ConvTile(8, 1, 16)
+    g = ConvGeometry.make(n, c, h, h, f, (1, 1), 1, (0, 0, 0, 0), pixels=tile.pixels)
+    gates, bias = rng.random((n, c)).astype("float32"), rng.standard_normal(f).astype("float32")
+    parts = len(split_bounds(c, split)) - 1
+    if sparse:
+        pk = pack_sparse_rows(w.reshape(f, -1), tile.ft)
+        func, buffers = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts, epilogue="none", gate=True,
+                                      split=split, partials=True)
+        inputs = [planes_from_nchw(x, g), pk.packed, *buffers, gates, bias]
+    else:
+        func = conv_primfunc(g, tile, epilogue="none", gate=True, split=split, partials=True)
+        inputs = [planes_from_nchw(x, g), pack_conv_weight(w, tile.ft), gates, bias]
+    assert func.params[-1].name == "Y" and [int(d) for d in func.params[-1].shape] == [parts, n, f, g.mp]
+    lib = tvm.tirx.build(func, target=TARGET)
+    y = tvm.runtime.empty((parts, n, f, g.mp), "float32", DEV)
+    lib(*[tvm.runtime.tensor(np.ascontiguousarray(a), DEV) for a in inputs], y)
+    out = nchw_from_planes(y.numpy().sum(axis=0), g)
+    np.testing.assert_allclose(out, _reference(x, w, 1, (0, 0, 0, 0), gates, bias, "none"), rtol=1e-4, atol=1e-4)
+
+
 def test_split_conv_with_empty_tiles_and_parts():
     """Filter tiles without entries, and tiles whose entries all fall in one part."""
     rng = np.random.default_rng(5)
@@ -137,6 +164,10 @@ def test_split_errors_name_the_argument():
         conv_primfunc(g1, tile, kept=pk.kept, counts=pk.counts, epilogue="relu", masked=True, split=2)
     with pytest.raises(ValueError, match=r"split=2 cannot be combined with masked=True or cblock="):
         conv_primfunc(g1, tile, kept=pk.kept, counts=pk.counts, cblock=8, split=2)
+    with pytest.raises(ValueError, match=r"partials=True with epilogue='relu': an activation needs the whole sum"):
+        conv_primfunc(g1, tile, epilogue="relu", split=2, partials=True)
+    with pytest.raises(ValueError, match=r"partials=True needs split=\.\.\. > 1"):
+        conv_primfunc(g1, tile, partials=True)
 
 
 def test_reduction_split_picks_projections(monkeypatch):
