@@ -1,5 +1,6 @@
 """Shared fixtures: every compiler test writes its tile cache into a temporary directory; helpers
-that build test models with folded BatchNorm and list the functions a build generates."""
+that build test models with folded BatchNorm, list the functions a build generates, and prune
+random weights with the project's schemes."""
 
 import pytest
 import torch
@@ -45,3 +46,19 @@ def built_function_names():
         return [gv.name_hint for gv in result.mod.get_global_vars()]
 
     return names
+
+
+def _masked_weight(shape, scheme: str, rate: float, seed: int, **params):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if scheme == "dense":
+        return w.numpy()
+    from npas_lightning.schemes import get_scheme
+
+    return (w * get_scheme(scheme)(w, rate, **params)).numpy()
+
+
+@pytest.fixture
+def masked_weight():
+    """``masked_weight(shape, scheme, rate, seed, **params)``: a seeded random weight pruned by a real
+    scheme (pruned entries exactly 0), as NumPy; ``scheme="dense"`` leaves it unpruned."""
+    return _masked_weight

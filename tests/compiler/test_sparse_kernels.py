@@ -22,18 +22,9 @@ from npas_lightning.compiler.conv_kernel import (
 from npas_lightning.compiler.dense_kernel import DenseTile, dense_primfunc
 from npas_lightning.compiler.sparse_pack import pack_sparse_depthwise, pack_sparse_rows, reorder_rows
 from npas_lightning.compiler.targets import resolve_target
-from npas_lightning.schemes import get_scheme
 
 TARGET = resolve_target("host", threads=2).tvm_target
 DEV = tvm.cpu()
-
-
-def _masked(shape, scheme, rate, seed, **params):
-    """Random weight of ``shape`` pruned by a real scheme (pruned entries exactly 0)."""
-    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    if scheme == "dense":
-        return w.numpy()
-    return (w * get_scheme(scheme)(w, rate, **params)).numpy()
 
 
 def _tensors(*arrays):
@@ -77,9 +68,9 @@ CONV_CASES = [  # n, c, f, h, w, k, stride, pad(t,l,b,r), scheme, rate, params, 
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"k{c[5]}s{c[6]}n{c[0]}-{c[8]}")
-def test_sparse_conv_matches_torch(case):
+def test_sparse_conv_matches_torch(case, masked_weight):
     n, c, f, h, w, k, s, pad, scheme, rate, params, tile = case
-    wt = _masked((f, c, k, k), scheme, rate, seed=k * 10 + s, **params)
+    wt = masked_weight((f, c, k, k), scheme, rate, seed=k * 10 + s, **params)
     x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype("float32")
     out = _run_sparse_conv(x, wt, s, pad, tile, counts=(k + s) % 2 == 0)  # both kernels over the grid
     ref = _ref_conv(x, wt, s, pad)
@@ -88,17 +79,17 @@ def test_sparse_conv_matches_torch(case):
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:6] + CONV_CASES[7:], ids=lambda c: f"k{c[5]}s{c[6]}n{c[0]}-{c[8]}")
-def test_channel_blocked_conv_matches_torch(case):
+def test_channel_blocked_conv_matches_torch(case, masked_weight):
     """``cblock``: the reduction in blocks of input channels (uneven last block), added up in ``Y``."""
     n, c, f, h, w, k, s, pad, scheme, rate, params, tile = case
-    wt = _masked((f, c, k, k), scheme, rate, seed=k * 10 + s, **params)
+    wt = masked_weight((f, c, k, k), scheme, rate, seed=k * 10 + s, **params)
     x = np.random.default_rng(0).standard_normal((n, c, h, w)).astype("float32")
     for cblock in sorted({1, 2, (c + 1) // 2}):
         out = _run_sparse_conv(x, wt, s, pad, tile, counts=True, cblock=cblock)
         np.testing.assert_allclose(out, _ref_conv(x, wt, s, pad), rtol=1e-4, atol=1e-4, err_msg=f"cblock={cblock}")
 
 
-def test_channel_blocked_conv_with_epilogue_and_mask():
+def test_channel_blocked_conv_with_epilogue_and_mask(masked_weight):
     """The last channel block applies bias + activation (times the mask) to the summed tile."""
     from npas_lightning.compiler.conv_kernel import plane_mask
 
@@ -107,7 +98,7 @@ def test_channel_blocked_conv_with_epilogue_and_mask():
     gd = ConvGeometry.make(1, c, 9, 9, f, (3, 3), 1, (1, 1, 1, 1), pixels=16)
     ge = ConvGeometry.make(1, c, 1, gd.x_len, f, (1, 1), 1, (0, 0, 0, 0), pixels=16)
     ge = ge.reading_rows(ge.mp)
-    w = _masked((f, c), "block_based", 2.0, seed=3, block=(8, 4))
+    w = masked_weight((f, c), "block_based", 2.0, seed=3, block=(8, 4))
     pk = pack_sparse_rows(w, 8)
     func, buffers = conv_primfunc(ge, ConvTile(8, 1, 16), pk.kept, counts=pk.counts, epilogue="silu", masked=True,
                                   cblock=8)
@@ -135,10 +126,10 @@ def test_channel_starts_and_errors():
         conv_primfunc(g, ConvTile(8, 1, 16), kept=np.zeros((1, 3), "int32"), cblock=4)
 
 
-def test_sparse_conv_unbalanced_and_empty_tiles():
+def test_sparse_conv_unbalanced_and_empty_tiles(masked_weight):
     """Tiles keeping different counts (one keeps nothing) are padded to the largest count, exactly."""
     f, c, k = 12, 6, 3
-    wt = _masked((f, c, k, k), "unstructured", 2.0, seed=5)
+    wt = masked_weight((f, c, k, k), "unstructured", 2.0, seed=5)
     wt[4:8] = 0  # tile 1 (ft=4) empty
     wt[8:12, :, 0, :] = 0  # tile 2 keeps fewer positions than tile 0
     pk = pack_sparse_rows(wt.reshape(f, -1), 4)
@@ -155,8 +146,8 @@ def test_sparse_conv_unbalanced_and_empty_tiles():
                                ref, rtol=1e-4, atol=1e-4)  # channel blocks, the empty tile adding nothing
 
 
-def test_pattern_conv_with_filter_reorder_matches_torch():
-    wt = _masked((24, 6, 3, 3), "pattern", 2.25, seed=7)
+def test_pattern_conv_with_filter_reorder_matches_torch(masked_weight):
+    wt = masked_weight((24, 6, 3, 3), "pattern", 2.25, seed=7)
     x = np.random.default_rng(2).standard_normal((1, 6, 12, 12)).astype("float32")
     out = _run_sparse_conv(x, wt, 1, (1, 1, 1, 1), ConvTile(8, 1, 16), reorder=True, counts=True)
     np.testing.assert_allclose(out, _ref_conv(x, wt, 1, (1, 1, 1, 1)), rtol=1e-4, atol=1e-4)
@@ -173,9 +164,9 @@ DW_CASES = [  # n, c, k, stride, pad, scheme, rate, params, block
 
 
 @pytest.mark.parametrize("case", DW_CASES, ids=lambda c: f"k{c[2]}s{c[3]}-{c[5]}-b{c[8]}")
-def test_sparse_depthwise_matches_torch(case):
+def test_sparse_depthwise_matches_torch(case, masked_weight):
     n, c, k, s, pad, scheme, rate, params, block = case
-    wt = _masked((c, 1, k, k), scheme, rate, seed=k + s, **params)
+    wt = masked_weight((c, 1, k, k), scheme, rate, seed=k + s, **params)
     x = np.random.default_rng(3).standard_normal((n, c, 13, 11)).astype("float32")
     tile = ConvTile(1, 2, 16)
     g = ConvGeometry.make(n, c, 13, 11, c, (k, k), s, pad, pixels=tile.pixels)
@@ -209,9 +200,9 @@ DENSE_CASES = [  # n, c, f, scheme, rate, params, tile
 
 
 @pytest.mark.parametrize("case", DENSE_CASES, ids=lambda c: f"n{c[0]}-{c[3]}-{c[4]}")
-def test_sparse_dense_matches_torch(case):
+def test_sparse_dense_matches_torch(case, masked_weight):
     n, c, f, scheme, rate, params, tile = case
-    wt = _masked((f, c), scheme, rate, seed=n + f, **params)
+    wt = masked_weight((f, c), scheme, rate, seed=n + f, **params)
     x = np.random.default_rng(4).standard_normal((n, c)).astype("float32")
     pk = pack_sparse_rows(wt, tile.ft)
     ref = F.linear(torch.from_numpy(x), torch.from_numpy(wt)).numpy()
@@ -253,9 +244,9 @@ def test_pack_all_zero_tile_and_matrix_keep_one_entry():
 
 
 @pytest.mark.parametrize("scheme,rate", [("pattern", 2.25), ("pattern", 5.0), ("unstructured", 3.0)])
-def test_reorder_roundtrips_and_does_not_inflate_work(scheme, rate):
+def test_reorder_roundtrips_and_does_not_inflate_work(scheme, rate, masked_weight):
     f, c = 40, 8
-    w = _masked((f, c, 3, 3), scheme, rate, seed=11).reshape(f, -1)
+    w = masked_weight((f, c, 3, 3), scheme, rate, seed=11).reshape(f, -1)
     plain, ro = pack_sparse_rows(w, 8), pack_sparse_rows(w, 8, reorder=True)
     if ro.order is not None:
         assert sorted(ro.order.tolist()) == list(range(f))
@@ -279,8 +270,8 @@ def test_reorder_groups_identical_rows():
     np.testing.assert_array_equal(order, pk.order)
 
 
-def test_pack_sparse_depthwise_blocks():
-    w = _masked((10, 1, 3, 3), "block_punched", 3.0, seed=3, block=(4, 1)).reshape(10, 9)
+def test_pack_sparse_depthwise_blocks(masked_weight):
+    w = masked_weight((10, 1, 3, 3), "block_punched", 3.0, seed=3, block=(4, 1)).reshape(10, 9)
     packed, kept = pack_sparse_depthwise(w, 4)
     assert kept.shape[0] == 3 and packed.shape == (10, kept.shape[1])
     for b in range(3):  # the block's union of positions, sorted, then padding with weight 0
@@ -335,9 +326,9 @@ def test_kernel_kept_errors_name_the_argument():
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("k,scheme,params", [(k, "block_punched", {"block": (8, 4)}) for k in (1, 3, 5, 7)]
                          + [(k, "unstructured", {}) for k in (1, 3, 5, 7)] + [(3, "pattern", {})])
-def test_sparse_conv_grid(k, s, n, scheme, params):
+def test_sparse_conv_grid(k, s, n, scheme, params, masked_weight):
     f, c = 21, 10
-    wt = _masked((f, c, k, k), scheme, 3.0, seed=k * s + n, **params)
+    wt = masked_weight((f, c, k, k), scheme, 3.0, seed=k * s + n, **params)
     x = np.random.default_rng(k).standard_normal((n, c, 12, 13)).astype("float32")
     pad = (k // 2, k // 2, k // 2 + 1, k // 2)
     for tile in (ConvTile(8, 2, 16), ConvTile(4, 1, 16)):
@@ -348,9 +339,9 @@ def test_sparse_conv_grid(k, s, n, scheme, params):
 @pytest.mark.slow
 @pytest.mark.parametrize("n,nt", [(1, 1), (3, 1), (3, 3), (64, 4), (64, 8)])
 @pytest.mark.parametrize("block", [(8, 4), (16, 4), (32, 8)])
-def test_sparse_dense_grid(n, nt, block):
+def test_sparse_dense_grid(n, nt, block, masked_weight):
     c, f = 72, 50
-    wt = _masked((f, c), "block_based", 5.0, seed=n, block=block)
+    wt = masked_weight((f, c), "block_based", 5.0, seed=n, block=block)
     x = np.random.default_rng(n).standard_normal((n, c)).astype("float32")
     for ft in (16, 32):
         pk = pack_sparse_rows(wt, ft)
@@ -364,7 +355,7 @@ def test_sparse_dense_grid(n, nt, block):
 # ------------------------------------------------------------------------------- loop orders
 @pytest.mark.parametrize("outer", ["filters", "pixels"])
 @pytest.mark.parametrize("counts", [False, True])
-def test_conv_loop_orders_match_torch(monkeypatch, outer, counts):
+def test_conv_loop_orders_match_torch(monkeypatch, outer, counts, masked_weight):
     """Both kernel loop orders (filter tiles outside, or pixel chunks outside for inputs larger than
     L2) compute the same conv; the threshold is lowered so a small layer takes the pixel-outer path."""
     import npas_lightning.compiler.conv_kernel as ck
@@ -373,7 +364,7 @@ def test_conv_loop_orders_match_torch(monkeypatch, outer, counts):
     tile = ConvTile(4, 2, 16)
     g = ConvGeometry.make(2, 6, 10, 9, 13, (3, 3), 1, (1, 1, 1, 1), pixels=tile.pixels)
     assert ck.pixel_outer(g) is (outer == "pixels")
-    wt = _masked((13, 6, 3, 3), "block_punched", 3.0, seed=5, block=(4, 2))
+    wt = masked_weight((13, 6, 3, 3), "block_punched", 3.0, seed=5, block=(4, 2))
     x = np.random.default_rng(1).standard_normal((2, 6, 10, 9)).astype("float32")
     ref = _ref_conv(x, wt, 1, (1, 1, 1, 1))
     out = _run_sparse_conv(x, wt, 1, (1, 1, 1, 1), tile, counts=counts)

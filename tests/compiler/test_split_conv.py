@@ -25,15 +25,9 @@ from npas_lightning.compiler.epilogue import apply_epilogue
 from npas_lightning.compiler.sparse_pack import pack_sparse_rows
 from npas_lightning.compiler.split_conv import split_bounds
 from npas_lightning.compiler.targets import resolve_target
-from npas_lightning.schemes import get_scheme
 
 TARGET = resolve_target("host", threads=2).tvm_target
 DEV = tvm.cpu()
-
-
-def _masked(shape, scheme, rate, seed, **params):
-    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    return w.numpy() if scheme == "dense" else (w * get_scheme(scheme)(w, rate, **params)).numpy()
 
 
 def _run(g, func, inputs, fp):
@@ -85,30 +79,30 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"c{c[1]}f{c[3]}k{c[4]}s{c[5]}-{c[6]}-split{c[9]}")
-def test_sparse_split_conv_matches_torch(case):
+def test_sparse_split_conv_matches_torch(case, masked_weight):
     n, c, h, f, k, s, scheme, rate, params, split, gate, act = case
     x = np.random.default_rng(1).standard_normal((n, c, h, h)).astype("float32")
-    w = _masked((f, c, k, k), scheme, rate, 2, **params)
+    w = masked_weight((f, c, k, k), scheme, rate, 2, **params)
     out, ref = _split_conv(x, w, s, (k // 2,) * 4, ConvTile(8, 1, 16), split, sparse=True, gate=gate, act=act)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("split", [2, 3])
 @pytest.mark.parametrize("gate,act", [(False, None), (True, "relu"), (False, "silu")])
-def test_dense_split_conv_matches_torch(split, gate, act):
+def test_dense_split_conv_matches_torch(split, gate, act, masked_weight):
     x = np.random.default_rng(3).standard_normal((2, 33, 9, 9)).astype("float32")
-    w = _masked((20, 33, 1, 1), "dense", 1.0, 4)
+    w = masked_weight((20, 33, 1, 1), "dense", 1.0, 4)
     out, ref = _split_conv(x, w, 1, (0, 0, 0, 0), ConvTile(4, 2, 16), split, sparse=False, gate=gate, act=act)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("sparse,split", [(True, 2), (True, 3), (False, 2)])
-def test_split_conv_partials_add_up_to_the_conv(sparse, split):
+def test_split_conv_partials_add_up_to_the_conv(sparse, split, masked_weight):
     """``partials=True``: no second pass; the parts of ``Y[parts, ...]`` (the first with the bias) add up to the conv."""
     rng = np.random.default_rng(7)
     n, c, h, f = 2, 50, 7, 16
     x = rng.standard_normal((n, c, h, h)).astype("float32")
-    w = _masked((f, c, 1, 1), "block_based" if sparse else "dense", 4.0, 8, block=(8, 4))
+    w = masked_weight((f, c, 1, 1), "block_based" if sparse else "dense", 4.0, 8, block=(8, 4))
     tile = ConvTile(8, 1, 16)
     g = ConvGeometry.make(n, c, h, h, f, (1, 1), 1, (0, 0, 0, 0), pixels=tile.pixels)
     gates, bias = rng.random((n, c)).astype("float32"), rng.standard_normal(f).astype("float32")
@@ -149,11 +143,11 @@ def test_split_bounds_follow_tvm_parallel_chunks():
         split_bounds(8, 0)
 
 
-def test_split_errors_name_the_argument():
+def test_split_errors_name_the_argument(masked_weight):
     g1 = ConvGeometry.make(1, 32, 8, 8, 16, (1, 1), 1, (0, 0, 0, 0), pixels=16)
     g3 = ConvGeometry.make(1, 32, 8, 8, 16, (3, 3), 1, (1, 1, 1, 1), pixels=16)
     tile = ConvTile(8, 1, 16)
-    pk = pack_sparse_rows(_masked((16, 32), "block_based", 2.0, 0, block=(8, 4)), 8)
+    pk = pack_sparse_rows(masked_weight((16, 32), "block_based", 2.0, 0, block=(8, 4)), 8)
     with pytest.raises(ValueError, match=r"split=-1: expected an integer >= 1"):
         conv_primfunc(g1, tile, split=-1)
     with pytest.raises(ValueError, match=r"split=2 on a dense 3x3 conv: the dense kernel splits 1x1 convs only"):
