@@ -164,6 +164,12 @@ class ConvGeometry:
         """Shift of every kernel position, ``[KH*KW]`` int32 in (kh, kw) order."""
         return np.array([self.offset(i, j) for i in range(self.kh) for j in range(self.kw)], dtype="int32")
 
+    def gather_indices(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The block-sparse kernels' index buffers for reduction entries ``kept`` (``(c*KH + kh)*KW +
+        kw``): each entry's input channel and flat shift, int32 arrays of ``kept``'s shape."""
+        k2 = self.kh * self.kw
+        return (kept // k2).astype("int32"), self.offsets()[kept % k2].astype("int32")
+
     @property
     def flops(self) -> int:
         return 2 * self.n * self.f * self.c * self.kh * self.kw * self.oh * self.ow
@@ -246,8 +252,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
             raise ValueError("counts=... needs kept=...: counts are the real entries of each row of kept")
         kept = _check_rows_kept(kept, fn, g.c * g.kh * g.kw, "C*KH*KW")
         counts = check_counts(counts, kept.shape)
-        chan = (kept // (g.kh * g.kw)).astype("int32")
-        shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
+        chan, shift = g.gather_indices(kept)
         if cblock is not None:
             starts = channel_starts(chan, counts, cblock, g.c)
             return (_conv_blocked_built(g, tile, kept.shape[1], fn, starts.shape[1] - 1, epilogue, masked),
@@ -270,9 +275,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     else:
         kept = _check_rows_kept(kept, fn, g.c * g.kh * g.kw, "C*KH*KW")
         k = kept.shape[1]
-        offs = g.offsets().astype("int64")
-        chan = (kept // (g.kh * g.kw)).astype("int32")
-        shift = offs[kept % (g.kh * g.kw)].astype("int32")
+        chan, shift = g.gather_indices(kept)
         w = te.placeholder((fn, k, ft), name="W")
         cb = te.placeholder((fn, k), name="Kc", dtype="int32")
         sb = te.placeholder((fn, k), name="Ks", dtype="int32")

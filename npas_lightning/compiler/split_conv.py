@@ -69,8 +69,9 @@ def split_conv_primfunc(g, tile, split: int, *, kept: np.ndarray | None = None, 
         raise ValueError(f"partials=True with epilogue={epilogue!r}: an activation needs the whole sum, "
                          f"expected epilogue None or 'none'")
     if masked or cblock is not None:
-        raise ValueError(f"split={split} cannot be combined with masked=True or cblock=...: a split reduction "
-                         f"is added up in a second pass, which neither a planes mask nor channel blocks support")
+        raise ValueError(f"split={split} cannot be combined with masked=True or cblock=...: the parts of a split "
+                         f"reduction are added up after the kernel's reduction, where neither a planes mask nor "
+                         f"channel blocks apply")
     fn = _ceil_div(g.f, tile.ft)
     if kept is None:
         if (g.kh, g.kw) != (1, 1):
@@ -83,8 +84,7 @@ def split_conv_primfunc(g, tile, split: int, *, kept: np.ndarray | None = None, 
                          f"which must be sorted by channel (pack_sparse_rows)")
     kept = _check_rows_kept(kept, fn, g.c * g.kh * g.kw, "C*KH*KW")
     counts = check_counts(counts, kept.shape)
-    chan = (kept // (g.kh * g.kw)).astype("int32")
-    shift = g.offsets().astype("int64")[kept % (g.kh * g.kw)].astype("int32")
+    chan, shift = g.gather_indices(kept)
     step = int(bounds[1] - bounds[0])
     starts = channel_starts(chan, counts, step, g.c) if step < g.c else \
         np.stack([np.zeros_like(counts), counts], axis=1).astype("int32")
