@@ -21,7 +21,7 @@ from .conv_kernel import (
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
 from .epilogue import apply_epilogue, kernel_bias
 from .errors import NumericsError
-from .split_conv import split_bounds
+from .split_conv import split_parts
 
 __all__ = ["check_numerics", "check_kernel", "compare"]
 
@@ -88,7 +88,7 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
         ref = ref * record.mask[: g.m].reshape(g.oh, g.wq)[:, : g.ow]
     planes = planes_from_nchw(x, g)[:, :, : g.x_len]
     planes = np.pad(planes, [(0, 0), (0, 0), (0, g.x_len - planes.shape[2])])
-    parts = len(split_bounds(g.c, record.split)) - 1 if record.partials else 1
+    parts = split_parts(g.c, record.split) if record.partials else 1
     out = _run(func, target, [planes, *weights], (g.n, fp, g.mp), parts)
     if record.order is not None:  # filter slots back to the model's order
         out = out[:, np.argsort(record.order)]

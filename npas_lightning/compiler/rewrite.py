@@ -31,7 +31,7 @@ from .epilogue import EpilogueChain, find_epilogues, kernel_bias
 from .pattern_kernel import pack_pattern, pattern_primfunc
 from .relax_utils import rewrite_relax_functions
 from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
-from .split_conv import split_bounds
+from .split_conv import split_parts
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
@@ -381,6 +381,12 @@ def reduction_split(g: ConvGeometry, threads: int, chain: EpilogueChain | None =
     return int(threads)
 
 
+def _leaves_partials(split: int, act: str | None) -> bool:
+    """Whether a conv split ``split`` ways with activation ``act`` leaves its parts' sums for the
+    graph to add (``conv_primfunc(partials=True)``): only without an activation."""
+    return SPLIT_PARTIALS and split > 1 and act in (None, "none")
+
+
 def _fit_rows(tile: ConvTile, geom: Callable[[ConvTile], ConvGeometry], rows: _Rows | None) -> ConvTile:
     """``tile``, or one vector of pixels when its pixel tile would read past the producer's rows."""
     if rows is not None and geom(tile).mp > rows.mp:
@@ -561,7 +567,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             idx = len(records)
             symbol = f"npas_{kind}_{idx}"
             split = reduction_split(g, planner.threads, chain) if kind == "conv" else 1
-            partials = SPLIT_PARTIALS and split > 1 and act in (None, "none")
+            partials = _leaves_partials(split, act)
             if kind == "conv":
                 func = conv_primfunc(g, tile, epilogue=act, gate=bool(gate_args), split=split, partials=partials)
                 packed, fp = pack_conv_weight(weight, tile.ft), -(-f // tile.ft) * tile.ft
@@ -687,7 +693,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             kernel a second pass."""
             if split <= 1:
                 return self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((g.n, fp, g.mp), "float32")))
-            parts = len(split_bounds(g.c, split)) - 1
+            parts = split_parts(g.c, split)
             sums = self.builder_.emit(relax.call_tir(gv, args, relax.TensorType((parts, g.n, fp, g.mp), "float32")))
             y = None
             for q in range(parts):
@@ -767,7 +773,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             tile, cblock = _fit_rows(choice.tile, geom, rows), choice.cblock
             act = chain.act if chain is not None else None
             split = reduction_split(geom(tile), planner.threads, chain, cblock)
-            partials = SPLIT_PARTIALS and split > 1 and act in (None, "none")
+            partials = _leaves_partials(split, act)
             g, pk, func, buffers = build(tile, cblock, epilogue=act, gate=bool(gate_args), split=split,
                                          partials=partials)
             idx = len(records)

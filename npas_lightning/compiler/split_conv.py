@@ -30,7 +30,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["split_bounds", "split_conv_primfunc"]
+__all__ = ["split_bounds", "split_conv_primfunc", "split_parts"]
 
 
 def split_bounds(channels: int, parts: int) -> np.ndarray:
@@ -46,6 +46,12 @@ def split_bounds(channels: int, parts: int) -> np.ndarray:
         raise ValueError(f"split={parts!r}: expected an integer >= 1 (threads the reduction is split between)")
     step = -(-int(channels) // int(parts))
     return np.array([min(p * step, channels) for p in range(-(-int(channels) // step) + 1)], dtype="int64")
+
+
+def split_parts(channels: int, split: int) -> int:
+    """How many parts a reduction over ``channels`` split between ``split`` threads has (threads
+    without channels drop out): the first dimension of a ``partials=True`` kernel's output."""
+    return len(split_bounds(channels, split)) - 1
 
 
 def split_conv_primfunc(g, tile, split: int, *, kept: np.ndarray | None = None, counts: np.ndarray | None = None,

@@ -23,7 +23,7 @@ from npas_lightning.compiler.conv_kernel import (
 )
 from npas_lightning.compiler.epilogue import apply_epilogue
 from npas_lightning.compiler.sparse_pack import pack_sparse_rows
-from npas_lightning.compiler.split_conv import split_bounds
+from npas_lightning.compiler.split_conv import split_bounds, split_parts
 from npas_lightning.compiler.targets import resolve_target
 
 TARGET = resolve_target("host", threads=2).tvm_target
@@ -106,7 +106,7 @@ def test_split_conv_partials_add_up_to_the_conv(sparse, split, masked_weight):
     tile = ConvTile(8, 1, 16)
     g = ConvGeometry.make(n, c, h, h, f, (1, 1), 1, (0, 0, 0, 0), pixels=tile.pixels)
     gates, bias = rng.random((n, c)).astype("float32"), rng.standard_normal(f).astype("float32")
-    parts = len(split_bounds(c, split)) - 1
+    parts = split_parts(c, split)
     if sparse:
         pk = pack_sparse_rows(w.reshape(f, -1), tile.ft)
         func, buffers = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts, epilogue="none", gate=True,
@@ -139,6 +139,7 @@ def test_split_bounds_follow_tvm_parallel_chunks():
     assert split_bounds(97, 2).tolist() == [0, 49, 97]
     assert split_bounds(10, 4).tolist() == [0, 3, 6, 9, 10]
     assert split_bounds(3, 8).tolist() == [0, 1, 2, 3]
+    assert split_parts(97, 2) == 2 and split_parts(10, 4) == 4 and split_parts(3, 8) == 3
     with pytest.raises(ValueError, match=r"split=0: expected an integer >= 1"):
         split_bounds(8, 0)
 
