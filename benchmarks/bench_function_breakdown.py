@@ -130,29 +130,26 @@ def _activations_before():
 
 
 @contextlib.contextmanager
+def _rewrite_flag(name: str, value):
+    """Kernels built inside see ``npas_lightning.compiler.rewrite.<name> = value``."""
+    from npas_lightning.compiler import rewrite
+
+    real = getattr(rewrite, name)
+    setattr(rewrite, name, value)
+    try:
+        yield
+    finally:
+        setattr(rewrite, name, real)
+
+
 def _no_split():
     """Kernels built inside split no reduction between the cores (``rewrite.SPLIT_REDUCTION``)."""
-    from npas_lightning.compiler import rewrite
-
-    real = rewrite.SPLIT_REDUCTION
-    rewrite.SPLIT_REDUCTION = False
-    try:
-        yield
-    finally:
-        rewrite.SPLIT_REDUCTION = real
+    return _rewrite_flag("SPLIT_REDUCTION", False)
 
 
-@contextlib.contextmanager
 def _no_partials():
     """Split convs built inside add their parts in a second pass of their own (``rewrite.SPLIT_PARTIALS``)."""
-    from npas_lightning.compiler import rewrite
-
-    real = rewrite.SPLIT_PARTIALS
-    rewrite.SPLIT_PARTIALS = False
-    try:
-        yield
-    finally:
-        rewrite.SPLIT_PARTIALS = real
+    return _rewrite_flag("SPLIT_PARTIALS", False)
 
 
 #: --compare keys: (label, context manager building the model that way)
@@ -160,6 +157,10 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "split": ("no split reductions (every 1x1 conv split by filters)", _no_split),
                "partials": ("split convs adding their parts in a second pass", _no_partials),
                "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0)),
+               "kxk-planes": ("no kxk conv writing planes (the stem's output cropped, then padded)",
+                              lambda: _rewrite_flag("KXK_PLANES_OUTPUT", False)),
+               "residual-planes": ("residual adds reading their own tensor (stored twice: plain and padded)",
+                                   lambda: _rewrite_flag("RESIDUAL_READS_PLANES", False)),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before)}
 
 

@@ -113,9 +113,12 @@ class EpilogueChain:
     act: str
     bias: np.ndarray = field(repr=False)  # [F] float32
     members: list[Any] = field(default_factory=list, repr=False)
-    #: the chain's result is read by one call only, a depthwise conv2d (so the kernel may write that
-    #: conv's padded input planes directly)
+    #: the chain's result is the input of one depthwise conv2d and is otherwise read only by adds (a
+    #: residual): the kernel may write that conv's padded input planes directly, and the adds then
+    #: read the image inside them
     feeds_depthwise: bool = False
+    #: with ``feeds_depthwise``: adds read the result too
+    residual: bool = False
 
 
 def find_epilogues(func) -> dict[Any, EpilogueChain]:
@@ -140,19 +143,23 @@ def find_epilogues(func) -> dict[Any, EpilogueChain]:
         members = [graph.bound[add]]
         act = _match_activation(graph, add, members)
         out = var_of[members[-1]]
-        chains[graph.bound[var]] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members,
-                                                 _only_depthwise_user(graph, out))
+        feeds = _feeds_depthwise(graph, out)
+        chains[graph.bound[var]] = EpilogueChain(act, bias.reshape(-1).astype("float32"), members, feeds,
+                                                 feeds and len(graph.users(out)) > 1)
     return chains
 
 
-def _only_depthwise_user(graph: _Bindings, var) -> bool:
-    """``var`` (``[N, C, H, W]``) is read once, as the input of a depthwise conv2d (``groups == C``)."""
-    user = graph.only_user(var)
-    if user is None or graph.op(user) != "relax.nn.conv2d":
+def _feeds_depthwise(graph: _Bindings, var) -> bool:
+    """``var`` (``[N, C, H, W]``) is the input of exactly one depthwise conv2d (``groups == C``), and
+    every other reader is a ``relax.add`` (a residual connection)."""
+    users = graph.users(var)
+    if None in users:
         return False
-    call = graph.bound[user]
     shape = _shape_of(var)
-    return call.args[0].same_as(var) and shape is not None and int(call.attrs.groups) == shape[1] > 1
+    depthwise = [u for u in users if graph.op(u) == "relax.nn.conv2d"
+                 and graph.bound[u].args[0].same_as(var) and shape is not None
+                 and int(graph.bound[u].attrs.groups) == shape[1] > 1]
+    return len(depthwise) == 1 and all(u.same_as(depthwise[0]) or graph.op(u) == "relax.add" for u in users)
 
 
 class _Bindings:

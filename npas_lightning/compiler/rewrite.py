@@ -35,7 +35,8 @@ from .split_conv import split_parts
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "SPARSE_LOWERINGS", "SPLIT_PARTIALS", "SPLIT_REDUCTION",
+__all__ = ["BLOCK_CONV_CBLOCKS", "KXK_PLANES_OUTPUT", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "RESIDUAL_READS_PLANES", "SPARSE_LOWERINGS",
+           "SPLIT_PARTIALS", "SPLIT_REDUCTION",
            "KernelChoice", "KernelRecord", "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels",
            "pattern_kernel_choices", "reduction_split", "rewrite_kernels", "time_conv_tile"]
 
@@ -365,6 +366,15 @@ SPLIT_REDUCTION = True
 SPLIT_PARTIALS = True
 
 
+#: a kxk conv (a stem) may write the next depthwise conv's padded planes, as 1x1 expand convs do
+#: (``bench_function_breakdown.py --compare kxk-planes``)
+KXK_PLANES_OUTPUT = True
+
+#: an add reading a tensor that is also padded into a conv's planes reads it inside those planes, so
+#: the tensor is stored once, padded (``bench_function_breakdown.py --compare residual-planes``)
+RESIDUAL_READS_PLANES = True
+
+
 def reduction_split(g: ConvGeometry, threads: int, chain: EpilogueChain | None = None, cblock: int = 0) -> int:
     """How many threads a conv's reduction is split between (``conv_primfunc(split=)``): all of
     them for a 1x1 stride-1 conv with more input channels than filters (a projection) that does not
@@ -385,6 +395,36 @@ def _leaves_partials(split: int, act: str | None) -> bool:
     """Whether a conv split ``split`` ways with activation ``act`` leaves its parts' sums for the
     graph to add (``conv_primfunc(partials=True)``): only without an activation."""
     return SPLIT_PARTIALS and split > 1 and act in (None, "none")
+
+
+def _planes_writer_geometry(g: ConvGeometry, gd: ConvGeometry, pixels: int) -> ConvGeometry | None:
+    """The geometry in which conv ``g`` computes the stride-1 padded planes of the conv ``gd`` that
+    reads its output: ``g`` over its input padded further (``gd``'s padding times the stride on top
+    and left), so that its output rows are ``gd.wq`` wide and output ``(R, C)`` is plane position
+    ``(R, C)``, covering every element ``gd`` reads. None when no padding gives that: the last
+    ``(g.kw - 1) // g.stride`` columns of each output row are not the conv's (the flat rows run on
+    into the next row), and only ``gd``'s right padding may hold them (a 3x3 stride-2 stem before a
+    3x3 depthwise conv: yes; stride 1, or 5x5 stride 2: no).
+
+    Example:
+        >>> g = ConvGeometry.make(1, 3, 224, 224, 32, (3, 3), 2, (1, 1, 1, 1), pixels=32)
+        >>> gd = ConvGeometry.make(1, 32, 112, 112, 32, (3, 3), 1, (1, 1, 1, 1), pixels=32)
+        >>> ge = _planes_writer_geometry(g, gd, 32)
+        >>> (ge.pad, ge.wq == gd.wq, ge.mp >= int(gd.offsets().max()) + gd.mp)
+        ((3, 3, 4, 1), True, True)
+    """
+    if gd.stride != 1 or (gd.h, gd.w) != (g.oh, g.ow):
+        return None
+    s, wq = g.stride, gd.wq
+    pt, pl = g.pad[0] + s * gd.pad[0], g.pad[1] + s * gd.pad[1]
+    rows = -(-(int(gd.offsets().max()) + gd.mp) // wq)  # output rows covering what gd reads
+    pr, pb = s * wq - g.w - pl, (rows - 1) * s + g.kh - g.h - pt
+    if pr < 0 or pb < 0:
+        return None
+    ge = ConvGeometry.make(g.n, g.c, g.h, g.w, g.f, (g.kh, g.kw), s, (pt, pl, pb, pr), pixels=pixels)
+    if ge.wq != wq or ge.oh < gd.pad[0] + gd.h or ge.ow < gd.pad[1] + gd.w:
+        return None
+    return ge
 
 
 def _fit_rows(tile: ConvTile, geom: Callable[[ConvTile], ConvGeometry], rows: _Rows | None) -> ConvTile:
@@ -419,6 +459,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
     op_matmul = _op("relax.matmul")
     op_multiply = _op("relax.multiply")
     op_mean = _op("relax.mean")
+    op_add = _op("relax.add")
     records: list[KernelRecord] = []
     counters = {"conv2d": 0, "linear": 0}
 
@@ -441,6 +482,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             # cropped 1x1 conv output var -> re-emits that conv over the padded planes of the depthwise
             # conv reading it (see _planes_writer)
             self.planes_: dict[Any, Callable[[ConvGeometry], tuple[Any, ConvGeometry] | None]] = {}
+            # var -> emits the same values cropped from a padded copy that exists anyway (the planes of
+            # a conv reading it): adds (residuals) read that instead, so the var itself is never stored
+            self.crops_: dict[Any, Callable[[], Any]] = {}
 
         def transform(self):
             for _, func in self.mod_.functions_items():
@@ -489,6 +533,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 out = self.builder_.emit(expr)
                 self.fused_.update({member: out for member in chain.members})
                 return out
+            if call.op == op_add:
+                return self._add_reading_crops(call)
             if call.op == op_mean:
                 rows = self.rows_.get(self._resolve(call.args[0]))
                 axes = sorted(int(a) % 4 for a in (call.attrs.axis or []))
@@ -585,7 +631,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             out = self._crop(y, g, fp, width=rows.ow if rows is not None else None)
             if kind == "conv" and not gate_args:
                 self._planes_writer(out, x, g, tile, chain, idx, [relax.const(packed)],
-                                    lambda ge: conv_primfunc(ge, tile, epilogue=act, masked=True))
+                                    lambda ge: conv_primfunc(ge, tile, epilogue=act, masked=True), kxk=True)
             return out, act is not None
 
         def _rows_input(self, x, n: int, c: int, h: int, w: int) -> tuple[_Rows | None, Any]:
@@ -616,18 +662,32 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 v = bound
             return v
 
-        def _planes_writer(self, out, x, g: ConvGeometry, tile: ConvTile, chain: EpilogueChain | None, idx: int,
-                           consts: list, build: Callable[[ConvGeometry], Any]) -> None:
-            """Offer the 1x1 conv just lowered (record ``idx``, output ``out``, input ``x``) to the
-            depthwise conv that alone reads its activations: that conv's :meth:`_planes_input` can
-            re-emit it over the padded input planes instead of copying ``out`` into them.
+        def _add_reading_crops(self, call):
+            """``call`` (an add) with each operand that has a padded copy (:attr:`crops_`) read from
+            inside that copy: the operand is then stored only inside its padding (fused with it)."""
+            args = [self.crops_[self._resolve(a)]() if isinstance(a, relax.Var) and self._resolve(a) in self.crops_
+                    else a for a in call.args]
+            if all(a.same_as(b) for a, b in zip(args, call.args, strict=True)):
+                return call
+            return relax.op.add(*args)
 
-            The 1x1 conv then reads the planes of its own (smaller) input, computes every plane
-            position, and its masked epilogue (``build(geometry)``, ``Mk`` from :func:`plane_mask`)
-            stores ``act(conv + bias)`` on the image and 0 on the padding. The original call is left
-            for dead-code elimination and the record is replaced."""
-            if (chain is None or not chain.feeds_depthwise or g.kh != 1 or g.kw != 1 or g.stride != 1
-                    or any(g.pad)):
+        def _planes_writer(self, out, x, g: ConvGeometry, tile: ConvTile, chain: EpilogueChain | None, idx: int,
+                           consts: list, build: Callable[[ConvGeometry], Any], kxk: bool = False) -> None:
+            """Offer the conv just lowered (record ``idx``, output ``out``, input ``x``) to the
+            depthwise conv that reads its activations: that conv's :meth:`_planes_input` can re-emit
+            it over the padded input planes instead of copying ``out`` into them.
+
+            A 1x1 conv then reads the planes of its own (smaller) input and computes every plane
+            position; a kxk conv (``kxk=True``: ``consts`` do not depend on the geometry, so dense
+            kernels only) computes over its input padded further, so that its output rows are the
+            planes' rows. Their masked epilogue (``build(geometry)``, ``Mk`` from :func:`plane_mask`)
+            stores ``act(conv + bias)`` on the image and 0 on the padding. Adds reading ``out`` too
+            (``chain.residual``) read the image inside the planes. The original call is left for
+            dead-code elimination and the record is replaced."""
+            if chain is None or not chain.feeds_depthwise:
+                return
+            one = g.kh == g.kw == g.stride == 1 and not any(g.pad)
+            if not (one or (kxk and KXK_PLANES_OUTPUT)):
                 return
             n, c, f = g.n, g.c, g.f
             # reordered filters, or filter slots padded to the tile, would need a copy of the output
@@ -635,29 +695,46 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 return
             h, w = _shape(x)[2:]
             own = -(-(g.oh * g.ow) // tile.pixels) * tile.pixels
+            limit = PLANES_OUTPUT_MAX_WORK_SILU if chain.act == "silu" else PLANES_OUTPUT_MAX_WORK
 
             def emit(gd: ConvGeometry) -> tuple[Any, ConvGeometry] | None:
-                extra = -(-(tile.pixels - 1) // gd.wq)  # rows under each phase plane: the last tile may read on
-                g_in = replace(gd, c=c, hq=gd.hq + extra, row=0)
-                need = g_in.x_len - extra * gd.wq  # the depthwise conv reads no further
-                ge = ConvGeometry.make(n, c, 1, need, f, (1, 1), 1, (0, 0, 0, 0),
-                                       pixels=tile.pixels).reading_rows(g_in.x_len)
-                limit = PLANES_OUTPUT_MAX_WORK_SILU if chain.act == "silu" else PLANES_OUTPUT_MAX_WORK
+                if chain.residual and (gd.stride != 1 or not RESIDUAL_READS_PLANES):
+                    return None  # the adds could not read the image inside stride-phase planes
+                if one:
+                    extra = -(-(tile.pixels - 1) // gd.wq)  # rows under each phase plane: the last tile may read on
+                    g_in = replace(gd, c=c, hq=gd.hq + extra, row=0)
+                    need = g_in.x_len - extra * gd.wq  # the depthwise conv reads no further
+                    ge = ConvGeometry.make(n, c, 1, need, f, (1, 1), 1, (0, 0, 0, 0),
+                                           pixels=tile.pixels).reading_rows(g_in.x_len)
+                    hq, mask = g_in.hq, plane_mask(g_in, ge.mp)
+                else:
+                    ge = _planes_writer_geometry(g, gd, tile.pixels)
+                    if ge is None:
+                        return None
+                    g_in, hq, mask = ge, gd.hq, plane_mask(gd, ge.mp)
                 if ge.mp > limit * own:
                     return None
                 rec = records[idx]
-                mask = plane_mask(g_in, ge.mp)
                 func = build(ge)
                 gv = self._add_kernel(func, f"{rec.symbol.rsplit('_', 1)[0]}_{idx}_planes")  # the symbol may be shared
                 y = self.builder_.emit(relax.call_tir(
                     gv, [self._to_planes(x, g_in), *consts, *_bias_args(chain, f), relax.const(mask)],
                     relax.TensorType((n, f, ge.mp), "float32")))
-                shape = {**rec.shape, "h": 1, "w": need, "row": g_in.x_len, "gate": False,
-                         "planes": [h, w]}
+                shape = {**rec.shape, "gate": False, "planes": [h, w]}
+                shape.update({"h": 1, "w": need, "row": g_in.x_len} if one else {"p": list(ge.pad)})
                 records[idx] = replace(rec, symbol=gv.name_hint, shape=shape, func=func, mask=mask)
-                return y, gd.reading_planes(g_in.hq, ge.mp)
+                if chain.residual:
+                    self.crops_[self._resolve(out)] = lambda: self._image_in_planes(y, gd)
+                return y, gd.reading_planes(hq, ge.mp)
 
             self.planes_[out] = emit
+
+        def _image_in_planes(self, y, gd: ConvGeometry):
+            """``[N, F, H, W]`` read from flat stride-1 planes ``y`` ``[N, F, L]`` of geometry ``gd``."""
+            off = gd.pad[0] * gd.wq + gd.pad[1]
+            y = self.builder_.emit(relax.op.strided_slice(y, [2], [off], [off + gd.h * gd.wq]))
+            y = self.builder_.emit(relax.op.reshape(y, (gd.n, _shape(y)[1], gd.h, gd.wq)))
+            return self.builder_.emit(relax.op.strided_slice(y, [3], [0], [gd.w]))
 
         def _planes_input(self, x, g: ConvGeometry, shape: dict) -> tuple[Any, ConvGeometry]:
             """``(planes, geometry)`` a kxk conv reads: its producer's output written in this layout
@@ -678,7 +755,15 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             pt, pl, _, _ = g.pad
             pb, pr = s * g.hq - g.h - pt, s * g.wq - g.w - pl
             if pt or pl or pb or pr:
-                x = self.builder_.emit(relax.op.nn.pad(x, [0, 0, 0, 0, pt, pb, pl, pr]))
+                padded = self.builder_.emit(relax.op.nn.pad(x, [0, 0, 0, 0, pt, pb, pl, pr]))
+                # a residual add may read x inside its padding: the planes of a kxk conv or of a 1x1 conv
+                # writing them (padded on top / left; the latest: a 1x1 conv's own rows, padded at the
+                # bottom only, are left to dead-code elimination when it writes planes)
+                if RESIDUAL_READS_PLANES and s == 1 and (pt or pl) and isinstance(x, relax.Var):
+                    h, w = g.h, g.w
+                    self.crops_[self._resolve(x)] = lambda: self.builder_.emit(
+                        relax.op.strided_slice(padded, [2, 3], [pt, pl], [pt + h, pl + w]))
+                x = padded
             if s > 1:
                 x = self.builder_.emit(relax.op.reshape(x, (g.n, g.c, g.hq, s, g.wq, s)))
                 x = self.builder_.emit(relax.op.permute_dims(x, [0, 1, 3, 5, 2, 4]))

@@ -125,6 +125,92 @@ def test_cheap_activations_take_planes_with_more_padding(bn_model):
     assert _compiled(bn_model(lambda: Expand("silu", 3, 2)), 28)["pw.0"].mask is None
 
 
+class Stem(nn.Module):
+    """kxk stem (BN, activation) -> depthwise 3x3 (BN, activation) -> 1x1, optionally added to the stem's
+    output (mobilenetv3's first block) or twice (a second residual reader)."""
+
+    def __init__(self, act: str = "silu", k: int = 3, stride: int = 2, residual: int = 0):
+        super().__init__()
+        self.residual = residual
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, k, stride, k // 2, bias=False), nn.BatchNorm2d(16), ACTS[act]())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), ACTS[act]())
+        self.pw = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.pw(self.dw(h))
+        for _ in range(self.residual):
+            y = y + h
+        return y
+
+
+def _compiled_stem(model, size: int):
+    x = torch.randn(1, 3, size, size)
+    compiled = compile_model(model, x, threads=2)
+    assert compiled.numerics["ok"], compiled.numerics
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled.run(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    return {r.module: r for r in compiled.kernels}
+
+
+@pytest.mark.parametrize("act, k, stride, residual, size", [("silu", 3, 2, 0, 96), ("hardswish", 3, 2, 1, 45),
+                                                            ("relu", 3, 2, 2, 40)])
+def test_stem_conv_writes_the_depthwise_planes(bn_model, act, k, stride, residual, size):
+    """A kxk conv computes over its input padded further, so that its output rows are the depthwise
+    conv's plane rows; residual adds read the image inside those planes."""
+    records = _compiled_stem(bn_model(lambda: Stem(act, k, stride, residual)), size)
+    stem, dw = records["stem.0"], records["dw.0"]
+    out = -(-size // stride)
+    assert stem.mask is not None and stem.symbol.endswith("_planes") and stem.mask.sum() == out * out
+    pad = k // 2
+    assert stem.shape["p"][:2] == [pad + stride, pad + stride]  # one more plane row and column on top / left
+    assert dw.shape["planes_hq"] and dw.shape["row"] == stem.mask.size
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (5, 2)])
+def test_stem_keeps_its_own_layout_when_its_rows_cannot_be_the_planes_rows(bn_model, k, stride):
+    """A row of a kxk conv's output ends in (k - 1) // stride columns it cannot compute; in the
+    depthwise conv's planes only the one padding column on the right may hold them."""
+    records = _compiled_stem(bn_model(lambda: Stem("relu", k, stride, residual=1)), 40)
+    assert records["stem.0"].mask is None and not records["dw.0"].shape.get("planes_hq")
+
+
+def test_stem_planes_leave_no_crop_or_pad_between_stem_and_depthwise(bn_model, built_function_names):
+    names = built_function_names(bn_model(lambda: Stem("hardswish", residual=1)), torch.randn(1, 3, 32, 32))
+    assert "npas_conv_0_planes" in names and "npas_conv_0" not in names
+    # the image's phase planes, the block's sum (reading the stem inside its planes), nothing else
+    layout = sorted(n for n in names if not n.startswith(("npas_", "main")))
+    assert len(layout) == 2 and any("pad" in n and "transpose" in n for n in layout), layout
+
+
+class Residuals(nn.Module):
+    """Two inverted-residual blocks (1x1 expand, depthwise, 1x1 project, + input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(Expand("relu", 3, 1, c=8, e=32) for _ in range(2))
+        for block in self.blocks:
+            block.project = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+def test_residual_add_reads_the_next_blocks_padded_input(bn_model, built_function_names):
+    """The first block's sum is padded for the second expand conv's planes; the second block's
+    residual add reads it inside that padding, so the sum is stored once, already padded."""
+    model = bn_model(Residuals)
+    x = torch.randn(1, 8, 20, 20)
+    compiled = compile_model(model, x, threads=2)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled.run(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    names = built_function_names(model, x)
+    assert [n for n in names if n.startswith("pad")] == ["pad"], names  # the model input's only
+    assert any("add" in n and n.endswith("pad") for n in names), names
+
+
 def test_masked_kernel_zeroes_the_padding():
     """The masked epilogue alone: act(conv + bias) on the image, exactly 0 on the padding."""
     from npas_lightning.compiler.numerics import _run
