@@ -35,7 +35,8 @@ from .split_conv import split_parts
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "KXK_PLANES_OUTPUT", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU", "RESIDUAL_READS_PLANES", "SPARSE_LOWERINGS",
+__all__ = ["BLOCK_CONV_CBLOCKS", "KXK_PLANES_OUTPUT", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU",
+           "PLANES_OUTPUT_SKIPS_PADDING", "RESIDUAL_READS_PLANES", "SPARSE_LOWERINGS",
            "SPLIT_PARTIALS", "SPLIT_REDUCTION",
            "KernelChoice", "KernelRecord", "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels",
            "pattern_kernel_choices", "reduction_split", "rewrite_kernels", "time_conv_tile"]
@@ -366,6 +367,11 @@ SPLIT_REDUCTION = True
 SPLIT_PARTIALS = True
 
 
+#: a block-sparse 1x1 conv writing a depthwise conv's planes computes only the pixel chunks between
+#: the first and the last image row, storing 0 in the padding rows around them; the planes limits
+#: then compare what it computes (``bench_function_breakdown.py --compare padding-rows``)
+PLANES_OUTPUT_SKIPS_PADDING = True
+
 #: a kxk conv (a stem) may write the next depthwise conv's padded planes, as 1x1 expand convs do
 #: (``bench_function_breakdown.py --compare kxk-planes``)
 KXK_PLANES_OUTPUT = True
@@ -631,7 +637,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             out = self._crop(y, g, fp, width=rows.ow if rows is not None else None)
             if kind == "conv" and not gate_args:
                 self._planes_writer(out, x, g, tile, chain, idx, [relax.const(packed)],
-                                    lambda ge: conv_primfunc(ge, tile, epilogue=act, masked=True), kxk=True)
+                                    lambda ge, _: conv_primfunc(ge, tile, epilogue=act, masked=True), kxk=True)
             return out, act is not None
 
         def _rows_input(self, x, n: int, c: int, h: int, w: int) -> tuple[_Rows | None, Any]:
@@ -672,7 +678,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             return relax.op.add(*args)
 
         def _planes_writer(self, out, x, g: ConvGeometry, tile: ConvTile, chain: EpilogueChain | None, idx: int,
-                           consts: list, build: Callable[[ConvGeometry], Any], kxk: bool = False) -> None:
+                           consts: list, build: Callable[..., Any], kxk: bool = False,
+                           live: bool = False) -> None:
             """Offer the conv just lowered (record ``idx``, output ``out``, input ``x``) to the
             depthwise conv that reads its activations: that conv's :meth:`_planes_input` can re-emit
             it over the padded input planes instead of copying ``out`` into them.
@@ -680,8 +687,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             A 1x1 conv then reads the planes of its own (smaller) input and computes every plane
             position; a kxk conv (``kxk=True``: ``consts`` do not depend on the geometry, so dense
             kernels only) computes over its input padded further, so that its output rows are the
-            planes' rows. Their masked epilogue (``build(geometry)``, ``Mk`` from :func:`plane_mask`)
-            stores ``act(conv + bias)`` on the image and 0 on the padding. Adds reading ``out`` too
+            planes' rows. Their masked epilogue (``build(geometry, live)``, ``Mk`` from :func:`plane_mask`)
+            stores ``act(conv + bias)`` on the image and 0 on the padding; a kernel that can
+            (``live=True``: ``conv_primfunc(live=...)``) computes only the pixel chunks from the first
+            image row to the last and stores 0 in the padding rows around them. Adds reading ``out`` too
             (``chain.residual``) read the image inside the planes. The original call is left for
             dead-code elimination and the record is replaced."""
             if chain is None or not chain.feeds_depthwise:
@@ -712,10 +721,15 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                     if ge is None:
                         return None
                     g_in, hq, mask = ge, gd.hq, plane_mask(gd, ge.mp)
-                if ge.mp > limit * own:
+                chunks = None
+                if live and PLANES_OUTPUT_SKIPS_PADDING:
+                    image = np.flatnonzero(mask)
+                    chunks = (int(image[0]) // tile.pixels, int(image[-1]) // tile.pixels + 1)
+                work = ge.mp if chunks is None else (chunks[1] - chunks[0]) * tile.pixels
+                if work > limit * own:
                     return None
                 rec = records[idx]
-                func = build(ge)
+                func = build(ge, chunks)
                 gv = self._add_kernel(func, f"{rec.symbol.rsplit('_', 1)[0]}_{idx}_planes")  # the symbol may be shared
                 y = self.builder_.emit(relax.call_tir(
                     gv, [self._to_planes(x, g_in), *consts, *_bias_args(chain, f), relax.const(mask)],
@@ -826,10 +840,11 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             def build(tile: ConvTile, cblock: int = 0, epilogue: str | None = None, gate: bool = False,
                       g: ConvGeometry | None = None, masked: bool = False, split: int = 1,
-                      partials: bool = False):  # timed plain
+                      partials: bool = False, live: tuple[int, int] | None = None):  # timed plain
                 g, pk = g or geom(tile), packs[tile.ft]
                 func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue, gate=gate,
-                                              masked=masked, cblock=cblock or None, split=split, partials=partials)
+                                              masked=masked, cblock=cblock or None, split=split, partials=partials,
+                                              live=live)
                 return g, pk, func, list(buffers)
 
             def run(choice: KernelChoice) -> float:
@@ -879,7 +894,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
                 consts = [relax.const(pk.packed), *[relax.const(b) for b in buffers]]
                 self._planes_writer(out, x, g, tile, chain, idx, consts,
-                                    lambda ge: build(tile, cblock, epilogue=act, g=ge, masked=True)[2])
+                                    lambda ge, live: build(tile, cblock, epilogue=act, g=ge, masked=True,
+                                                           live=live)[2], live=not cblock)
             return out
 
         def _time_pattern(self, weight, geom, choice: KernelChoice) -> float:
