@@ -41,7 +41,14 @@ with the one compiled as usual:
 - ``partials``: split convs without activation adding their parts up in a second pass of their own
   (``rewrite.SPLIT_PARTIALS = False``) instead of leaving them to the function that reads them next;
 - ``activations``: SiLU and hard-swish in the forms the kernels used before (TOPI's Cephes exp and
-  a division by 6, see ``bench_kernel_ablation.py``).
+  a division by 6, see ``bench_kernel_ablation.py``);
+- ``kxk-planes``: no kxk conv (the stem) writing the next depthwise conv's planes
+  (``rewrite.KXK_PLANES_OUTPUT = False``): its output is cropped, then zero-padded;
+- ``residual-planes``: residual adds reading their tensor itself rather than inside the next
+  block's padded planes (``rewrite.RESIDUAL_READS_PLANES = False``): each block's sum is stored
+  twice, plain and padded;
+- ``padding-rows``: block-sparse planes writers computing the padding rows above and below the image
+  too (``rewrite.PLANES_OUTPUT_SKIPS_PADDING = False``; the planes limits then count them).
 
 ``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
 ``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.

@@ -10,6 +10,7 @@ ordinary injective Relax ops that fusion merges into the neighbouring elementwis
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +30,7 @@ from .conv_kernel import (
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
 from .epilogue import EpilogueChain, find_epilogues, kernel_bias
 from .pattern_kernel import pack_pattern, pattern_primfunc
+from .pool_kernel import rows_mean_primfunc
 from .relax_utils import rewrite_relax_functions
 from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
 from .split_conv import split_parts
@@ -343,20 +345,6 @@ def _sparse_info(scheme: str, k: int, *, density: float, kept: float,
             "speedup_bound": round(1.0 / max(float(density), 1e-9), 2)}
 
 
-def _rows_mean(y, weights, keepdims: bool):
-    """TE: ``sum(y[n, c, :] * weights)`` over kernel output rows ``y[N, C, Mp]``, ``weights[Mp]``
-    being 1 / (valid pixels) on valid pixels and 0 on the garbage columns and tail: one contiguous
-    pass that the schedule rule vectorises (``Mp`` is a multiple of the kernel's pixel tile)."""
-    from tvm import te
-
-    n, c, mp = y.shape
-    p = te.reduce_axis((0, mp), "p")
-    mean = te.compute((n, c), lambda i, j: te.sum(y[i, j, p] * weights[p], axis=[p]), name="rows_mean")
-    if not keepdims:
-        return mean
-    return te.compute((n, c, 1, 1), lambda i, j, *_: mean[i, j], name="rows_mean_4d")
-
-
 #: a 1x1 conv reading more channels than it writes splits its reduction between the cores the way
 #: its channel-parallel producer wrote them (:mod:`.split_conv`): each core reads its own cache
 #: (``bench_function_breakdown.py --compare split``; ``bench_cross_core.py``)
@@ -547,8 +535,13 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 if rows is not None and axes == [2, 3]:  # pool the kernel's rows, not their cropped copy
                     valid = np.zeros(rows.mp, "float32")
                     valid[: rows.oh * rows.wq] = (np.arange(rows.oh * rows.wq) % rows.wq < rows.ow) / (rows.oh * rows.ow)
-                    return self.builder_.call_te(_rows_mean, rows.y, relax.const(valid), bool(call.attrs.keepdims),
-                                                 primfunc_name_hint="rows_mean")
+                    keepdims = bool(call.attrs.keepdims)
+                    n, c = _shape(rows.y)[:2]
+                    lanes = math.gcd(rows.mp, planner.lanes)  # rows end on whole pixel tiles of vectors
+                    gv = self._add_kernel(rows_mean_primfunc(n, c, rows.mp, lanes, keepdims),
+                                          f"rows_mean_{n}x{c}x{rows.mp}{'' if keepdims else '_flat'}")
+                    return relax.call_tir(gv, [rows.y, relax.const(valid)],
+                                          relax.TensorType((n, c, 1, 1) if keepdims else (n, c), "float32"))
                 return call
             if call.op == op_matmul:
                 w = self._const(call.args[1])
