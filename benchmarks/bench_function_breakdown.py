@@ -159,6 +159,20 @@ def _no_partials():
     return _rewrite_flag("SPLIT_PARTIALS", False)
 
 
+def _input_size(shape: dict) -> int:
+    """A conv record's input height (a 1x1 conv writing planes records its rows as one long row)."""
+    return shape["planes"][0] if shape.get("planes") and shape["kh"] == 1 else shape["h"]
+
+
+def _planes_positions(record) -> int:
+    """Plane positions a conv writing a depthwise conv's planes computes: every one, or the chunks from
+    the first image row to the last (``shape["live"]``, ``rewrite.PLANES_OUTPUT_SKIPS_PADDING``)."""
+    live = record.shape.get("live")
+    if live is None:
+        return len(record.mask)
+    return (live[1] - live[0]) * record.tile["mt"] * record.tile["vw"]
+
+
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "split": ("no split reductions (every 1x1 conv split by filters)", _no_split),
@@ -234,7 +248,7 @@ def _kernel_speedups(dense, pruned, spec, dev, rng: np.random.Generator, rounds:
         dense_ms, pruned_ms = (float(np.median(v)) for v in samples[r.module])
         sh = r.shape
         shape = (f"{sh['c']}->{sh['f']}" if r.kind == "dense" else
-                 f"{sh['kh']}x{sh['kw']} s{sh['s']} {sh['c']}->{sh['f']} @{(sh.get('planes') or [sh['h']])[0]}")
+                 f"{sh['kh']}x{sh['kw']} s{sh['s']} {sh['c']}->{sh['f']} @{_input_size(sh)}")
         rows.append({"module": r.module, "kind": r.kind, "shape": shape, "epilogue": r.epilogue,
                      "density": (r.sparse or {}).get("density", 1.0), "dense_ms": dense_ms, "pruned_ms": pruned_ms,
                      "speedup": dense_ms / pruned_ms})
@@ -380,11 +394,11 @@ def main() -> None:
     print("alone ms  in the model ms  function")
     for name, ms in top:
         print(f"{ms:8.3f}  {in_context.get(name, float('nan')):14.3f}  {name}")
-    writers = {r.module: {"map": r.shape["planes"], "positions_vs_map": len(r.mask) / math.prod(r.shape["planes"])}
+    writers = {r.module: {"map": r.shape["planes"], "positions_vs_map": _planes_positions(r) / math.prod(r.shape["planes"])}
                for r in result.records if r.mask is not None}
-    print(f"1x1 convs writing a depthwise conv's planes: {len(writers)}")
+    print(f"convs writing a depthwise conv's planes: {len(writers)}")
     for module, w in writers.items():
-        print(f"  {module} @{w['map'][0]}x{w['map'][1]}: {w['positions_vs_map']:.3f}x the map's positions")
+        print(f"  {module} @{w['map'][0]}x{w['map'][1]}: computes {w['positions_vs_map']:.3f}x the map's positions")
     compared = {}
     variants = [(COMPARISONS[k][0], COMPARISONS[k][1]) for k in args.compare]
     variants += [(f"planes limits {v:g}", lambda v=v: _planes_limit(v)) for v in args.planes_limits]

@@ -695,7 +695,6 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             # reordered filters, or filter slots padded to the tile, would need a copy of the output
             if records[idx].order is not None or -(-f // tile.ft) * tile.ft != f:
                 return
-            h, w = _shape(x)[2:]
             own = -(-(g.oh * g.ow) // tile.pixels) * tile.pixels
             limit = PLANES_OUTPUT_MAX_WORK_SILU if chain.act == "silu" else PLANES_OUTPUT_MAX_WORK
 
@@ -727,8 +726,10 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 y = self.builder_.emit(relax.call_tir(
                     gv, [self._to_planes(x, g_in), *consts, *_bias_args(chain, f), relax.const(mask)],
                     relax.TensorType((n, f, ge.mp), "float32")))
-                shape = {**rec.shape, "gate": False, "planes": [h, w]}
+                shape = {**rec.shape, "gate": False, "planes": [gd.h, gd.w]}
                 shape.update({"h": 1, "w": need, "row": g_in.x_len} if one else {"p": list(ge.pad)})
+                if chunks is not None:
+                    shape["live"] = list(chunks)
                 records[idx] = replace(rec, symbol=gv.name_hint, shape=shape, func=func, mask=mask)
                 if chain.residual:
                     self.crops_[self._resolve(out)] = lambda: self._image_in_planes(y, gd)

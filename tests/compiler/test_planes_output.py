@@ -162,6 +162,7 @@ def test_stem_conv_writes_the_depthwise_planes(bn_model, act, k, stride, residua
     stem, dw = records["stem.0"], records["dw.0"]
     out = -(-size // stride)
     assert stem.mask is not None and stem.symbol.endswith("_planes") and stem.mask.sum() == out * out
+    assert stem.shape["planes"] == [out, out] and "live" not in stem.shape  # a dense kernel computes every row
     pad = k // 2
     assert stem.shape["p"][:2] == [pad + stride, pad + stride]  # one more plane row and column on top / left
     assert dw.shape["planes_hq"] and dw.shape["row"] == stem.mask.size
@@ -271,7 +272,12 @@ def test_sparse_expand_conv_skipping_padding_rows_writes_planes_a_full_writer_wo
     model = bn_model(lambda: Expand("silu", 5, 1))
     plan = NPASScheme.resolve({"pw.0": {"scheme": "block_based", "rate": 2.0, "block": [16, 4]}}, model, exclude=[])
     apply_masks(model, compute_masks(model, plan), plan)
-    assert _compiled(model, 14, plan)["pw.0"].mask is not None
+    pw = _compiled(model, 14, plan)["pw.0"]
+    assert pw.mask is not None
+    lo, hi = pw.shape["live"]  # the chunks it computes: every image pixel, fewer than all the planes
+    image = np.flatnonzero(pw.mask)
+    pixels = pw.tile["mt"] * pw.tile["vw"]
+    assert lo * pixels <= image[0] and image[-1] < hi * pixels and (hi - lo) * pixels < pw.mask.size
     monkeypatch.setattr(rewrite, "PLANES_OUTPUT_SKIPS_PADDING", False)
     assert _compiled(model, 14, plan)["pw.0"].mask is None
 
