@@ -165,12 +165,12 @@ def _input_size(shape: dict) -> int:
 
 
 def _planes_positions(record) -> int:
-    """Plane positions a conv writing a depthwise conv's planes computes: every one, or the chunks from
-    the first image row to the last (``shape["live"]``, ``rewrite.PLANES_OUTPUT_SKIPS_PADDING``)."""
+    """Plane positions a conv writing a depthwise conv's planes computes: every one, or the chunks that
+    hold image positions (``shape["live"]`` of them, ``rewrite.PLANES_OUTPUT_SKIPS_PADDING``)."""
     live = record.shape.get("live")
     if live is None:
         return len(record.mask)
-    return (live[1] - live[0]) * record.tile["mt"] * record.tile["vw"]
+    return live * record.tile["mt"] * record.tile["vw"]
 
 
 #: --compare keys: (label, context manager building the model that way)

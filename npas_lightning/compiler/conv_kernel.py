@@ -29,6 +29,7 @@ Example (block-sparse conv from a pruned weight):
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "const_table",
     "conv_primfunc",
     "depthwise_primfunc",
+    "live_chunks",
     "pack_conv_weight",
     "pack_depthwise_weight",
     "planes_from_nchw",
@@ -193,7 +195,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
                   counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False,
                   masked: bool = False, cblock: int | None = None, split: int = 1, partials: bool = False,
-                  live: tuple[int, int] | None = None):
+                  live: Sequence[bool] | None = None):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -231,19 +233,22 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     ``cblock``. With ``partials=True`` (no activation) the kernel skips that pass and writes every
     part's sums, ``Y[parts, N, Fn*ft, Mp]``, for the caller to add up.
 
-    ``live=(lo, hi)`` (with ``masked`` and ``counts``, without ``cblock`` or ``split``) computes pixel
-    chunks (``tile.pixels`` each) ``lo`` to ``hi - 1`` only and stores 0 in the others: a conv
-    writing the next conv's planes skips the padding rows above and below the image, whose mask is
-    0 anyway (the caller makes sure of that).
+    ``live`` (with ``masked`` and ``counts``, without ``cblock``, ``split`` or ``gate``: one flag per
+    pixel chunk of ``tile.pixels`` outputs) computes the chunks flagged True only and stores 0 in
+    the others: a conv writing the next conv's planes skips the chunks of padding rows above and
+    below the image (of each stride phase), whose mask is 0 anyway (the caller makes sure of that;
+    :func:`live_chunks`).
     """
     from tvm import te
 
     if live is not None:
         chunks = g.mp // tile.pixels
-        if (not masked or counts is None or cblock is not None or split != 1 or gate or len(live) != 2
-                or not all(isinstance(v, (int, np.integer)) for v in live) or not 0 <= live[0] < live[1] <= chunks):
-            raise ValueError(f"live={live!r}: expected (lo, hi) with 0 <= lo < hi <= {chunks} (pixel chunks of the "
-                             "output), on a masked block-sparse kernel with counts=..., no cblock, split or gate")
+        flags = np.asarray(live)
+        if (not masked or counts is None or cblock is not None or split != 1 or gate or flags.shape != (chunks,)
+                or flags.dtype != bool or not flags.any()):
+            shown = f"{len(flags)} flags" if flags.ndim == 1 else repr(live)
+            raise ValueError(f"live={shown}: expected {chunks} booleans, one per pixel chunk of the output, not all "
+                             "False, on a masked block-sparse kernel with counts=..., no cblock, split or gate")
 
     if split != 1:
         from .split_conv import split_conv_primfunc
@@ -333,11 +338,11 @@ def const_table(index, values: np.ndarray):
 
 
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None,
-                          gate: bool = False, masked: bool = False, live: tuple[int, int] | None = None):
+                          gate: bool = False, masked: bool = False, live: Sequence[bool] | None = None):
     """:func:`_conv_counts_built`, memoised: layers of the same shape and balanced structure build the
     same function."""
     return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate, masked,
-                              None if live is None else (int(live[0]), int(live[1])))
+                              None if live is None else tuple(bool(v) for v in live))
 
 
 def _gated_weights(w, gx, channel):
@@ -421,11 +426,11 @@ def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None)
 @functools.lru_cache(maxsize=512)
 def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
                        epilogue: str | None = None, gate: bool = False, masked: bool = False,
-                       live: tuple[int, int] | None = None):
+                       live: tuple[bool, ...] | None = None):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers.
-    ``live=(lo, hi)``: only pixel chunks ``lo`` to ``hi - 1`` are computed, the others stored as 0.
+    ``live``: only the pixel chunks flagged True are computed, the others stored as 0.
 
     Built with TVM's IR builder rather than parsed TVMScript: the rewrite step of an efficientnet_b0
     compile went from 1.3-1.6 s to 0.75 s (``compile_breakdown`` in
@@ -477,13 +482,40 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                 if live is None:
                     tile_sums()
                 else:  # chunks outside hold only padding: 0, no sums
-                    with T.If(tirx.all(m0 >= live[0] * px, m0 < live[1] * px)):
+                    with T.If(_chunk_is_live(live, m0 // px)):
                         with T.Then():
                             tile_sums()
                         with T.Else():
                             for fi, i in register_tile(tile):
                                 T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
     return ib.get()
+
+
+def live_chunks(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """One flag per chunk of ``pixels`` outputs: whether the chunk holds an image position (a nonzero
+    of a planes mask, :func:`plane_mask`); ``conv_primfunc(live=...)`` computes only those.
+
+    Example:
+        >>> live_chunks(np.array([0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0], "float32"), 4).tolist()
+        [False, True, False]
+    """
+    return np.asarray(mask).reshape(-1, pixels).any(axis=1)
+
+
+def _chunk_is_live(live: tuple[bool, ...], chunk):
+    """TIR condition: ``live[chunk]``. A run of True is a range test; otherwise bits of 32-bit words
+    of constants (a select over the words, not over the chunks)."""
+    from tvm import tirx
+
+    idx = np.flatnonzero(live)
+    if idx[-1] - idx[0] + 1 == idx.size:
+        return tirx.all(chunk >= int(idx[0]), chunk <= int(idx[-1]))
+    bits = np.zeros(-(-len(live) // 32) * 32, dtype=bool)
+    bits[: len(live)] = live
+    words = (bits.reshape(-1, 32) * (1 << np.arange(32, dtype=np.int64))).sum(axis=1)
+    words = np.where(words >= 1 << 31, words - (1 << 32), words)  # as int32
+    word = const_table(chunk // 32, words)
+    return tirx.bitwise_and(tirx.shift_right(word, chunk % 32), tirx.const(1, "int32")) == 1
 
 
 def _check_pixels(g: ConvGeometry, tile: ConvTile) -> int:

@@ -22,6 +22,7 @@ from .conv_kernel import (
     ConvTile,
     conv_primfunc,
     depthwise_primfunc,
+    live_chunks,
     pack_conv_weight,
     pack_depthwise_weight,
     pixel_outer,
@@ -355,9 +356,9 @@ SPLIT_REDUCTION = True
 SPLIT_PARTIALS = True
 
 
-#: a block-sparse 1x1 conv writing a depthwise conv's planes computes only the pixel chunks between
-#: the first and the last image row, storing 0 in the padding rows around them; the planes limits
-#: then compare what it computes (``bench_function_breakdown.py --compare padding-rows``)
+#: a block-sparse 1x1 conv writing a depthwise conv's planes computes only the pixel chunks that hold
+#: image positions, storing 0 in the others (the padding rows of each stride phase); the planes
+#: limits then compare what it computes (``bench_function_breakdown.py --compare padding-rows``)
 PLANES_OUTPUT_SKIPS_PADDING = True
 
 #: a kxk conv (a stem) may write the next depthwise conv's padded planes, as 1x1 expand convs do
@@ -682,8 +683,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             kernels only) computes over its input padded further, so that its output rows are the
             planes' rows. Their masked epilogue (``build(geometry, live)``, ``Mk`` from :func:`plane_mask`)
             stores ``act(conv + bias)`` on the image and 0 on the padding; a kernel that can
-            (``live=True``: ``conv_primfunc(live=...)``) computes only the pixel chunks from the first
-            image row to the last and stores 0 in the padding rows around them. Adds reading ``out`` too
+            (``live=True``: ``conv_primfunc(live=...)``) computes only the pixel chunks that hold
+            image positions and stores 0 in the others (the padding rows of each stride phase). Adds reading ``out`` too
             (``chain.residual``) read the image inside the planes. The original call is left for
             dead-code elimination and the record is replaced."""
             if chain is None or not chain.feeds_depthwise:
@@ -713,11 +714,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                     if ge is None:
                         return None
                     g_in, hq, mask = ge, gd.hq, plane_mask(gd, ge.mp)
-                chunks = None
-                if live and PLANES_OUTPUT_SKIPS_PADDING:
-                    image = np.flatnonzero(mask)
-                    chunks = (int(image[0]) // tile.pixels, int(image[-1]) // tile.pixels + 1)
-                work = ge.mp if chunks is None else (chunks[1] - chunks[0]) * tile.pixels
+                chunks = live_chunks(mask, tile.pixels) if live and PLANES_OUTPUT_SKIPS_PADDING else None
+                work = ge.mp if chunks is None else int(chunks.sum()) * tile.pixels
                 if work > limit * own:
                     return None
                 rec = records[idx]
@@ -729,7 +727,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                 shape = {**rec.shape, "gate": False, "planes": [gd.h, gd.w]}
                 shape.update({"h": 1, "w": need, "row": g_in.x_len} if one else {"p": list(ge.pad)})
                 if chunks is not None:
-                    shape["live"] = list(chunks)
+                    shape["live"] = int(chunks.sum())  # pixel chunks computed
                 records[idx] = replace(rec, symbol=gv.name_hint, shape=shape, func=func, mask=mask)
                 if chain.residual:
                     self.crops_[self._resolve(out)] = lambda: self._image_in_planes(y, gd)

@@ -236,23 +236,24 @@ def test_masked_kernel_zeroes_the_padding():
     assert (out[:, :, mask == 0] == 0).all()
 
 
-@pytest.mark.parametrize("k", [3, 5])
-def test_live_chunks_skip_the_padding_rows_only(masked_weight, k):
-    """A block-sparse 1x1 writer computing only the chunks from the first image row to the last
-    writes exactly what the full writer writes: its mask is 0 in every chunk it skips."""
+@pytest.mark.parametrize("k, stride", [(3, 1), (5, 1), (3, 2), (5, 2)])
+def test_live_chunks_skip_the_padding_rows_only(masked_weight, k, stride):
+    """A block-sparse 1x1 writer computing only the chunks that hold image positions writes exactly
+    what the full writer writes: its mask is 0 in every chunk it skips (stride phases included)."""
+    from npas_lightning.compiler.conv_kernel import live_chunks
     from npas_lightning.compiler.numerics import _run
     from npas_lightning.compiler.sparse_pack import pack_sparse_rows
     from npas_lightning.compiler.targets import resolve_target
 
     rng = np.random.default_rng(1)
-    gd = ConvGeometry.make(1, 16, 14, 14, 16, (k, k), 1, (k // 2,) * 4, pixels=16)
+    gd = ConvGeometry.make(1, 16, 14, 14, 16, (k, k), stride, (k // 2,) * 4, pixels=16)
     ge = ConvGeometry.make(1, 8, 1, gd.x_len, 16, (1, 1), 1, (0, 0, 0, 0), pixels=16).reading_rows(gd.x_len + 16)
     tile = ConvTile(4, 1, 16)
     pk = pack_sparse_rows(masked_weight((16, 8), "block_based", 2.0, 0, block=(4, 2)), 4)
     mask = plane_mask(gd, ge.mp)
-    image = np.flatnonzero(mask)
-    live = (int(image[0]) // 16, int(image[-1]) // 16 + 1)
-    assert live[0] > 0 and live[1] < ge.mp // 16  # there are padding chunks to skip
+    live = live_chunks(mask, 16)
+    assert 0 < live.sum() < live.size  # there are padding chunks to skip
+    assert (stride == 1) == (np.ptp(np.flatnonzero(live)) + 1 == live.sum())  # phases leave gaps between runs
     x = rng.standard_normal((1, 8, ge.x_len)).astype("float32")
     bias = rng.standard_normal(16).astype("float32")
     target = resolve_target("host", threads=2).tvm_target
@@ -264,22 +265,25 @@ def test_live_chunks_skip_the_padding_rows_only(masked_weight, k):
     assert (outs[0][:, :, mask == 0] == 0).all() and (outs[0][:, :, mask == 1] != 0).any()
 
 
-def test_sparse_expand_conv_skipping_padding_rows_writes_planes_a_full_writer_would_not(bn_model, monkeypatch):
-    """5x5 over 14x14: all plane rows are 1.6x the pixels (over the SiLU limit), the image rows 1.2x."""
+@pytest.mark.parametrize("k, stride, size", [(5, 1, 14), (5, 2, 28)])
+def test_sparse_expand_conv_skipping_padding_rows_writes_planes_a_full_writer_would_not(bn_model, monkeypatch,
+                                                                                      k, stride, size):
+    """5x5 over 14x14: all plane rows are 1.6x the pixels (over the SiLU limit), the image rows 1.2x;
+    stride-2 5x5 over 28x28: 1.4x and 1.1x (the padding rows of each of the four phase planes)."""
     from npas_lightning.algorithms.masking import apply_masks, compute_masks
+    from npas_lightning.compiler.conv_kernel import live_chunks
     from npas_lightning.plan import NPASScheme
 
-    model = bn_model(lambda: Expand("silu", 5, 1))
+    model = bn_model(lambda: Expand("silu", k, stride))
     plan = NPASScheme.resolve({"pw.0": {"scheme": "block_based", "rate": 2.0, "block": [16, 4]}}, model, exclude=[])
     apply_masks(model, compute_masks(model, plan), plan)
-    pw = _compiled(model, 14, plan)["pw.0"]
+    pw = _compiled(model, size, plan)["pw.0"]
     assert pw.mask is not None
-    lo, hi = pw.shape["live"]  # the chunks it computes: every image pixel, fewer than all the planes
-    image = np.flatnonzero(pw.mask)
     pixels = pw.tile["mt"] * pw.tile["vw"]
-    assert lo * pixels <= image[0] and image[-1] < hi * pixels and (hi - lo) * pixels < pw.mask.size
+    # the chunks it computes: those holding image pixels, fewer than all the planes'
+    assert pw.shape["live"] == live_chunks(pw.mask, pixels).sum() < pw.mask.size // pixels
     monkeypatch.setattr(rewrite, "PLANES_OUTPUT_SKIPS_PADDING", False)
-    assert _compiled(model, 14, plan)["pw.0"].mask is None
+    assert _compiled(model, size, plan)["pw.0"].mask is None
 
 
 def test_errors_name_the_argument():
@@ -292,9 +296,12 @@ def test_errors_name_the_argument():
     g1 = ConvGeometry.make(1, 8, 4, 4, 8, (1, 1), 1, (0, 0, 0, 0), pixels=16)
     with pytest.raises(ValueError, match="masked=True needs epilogue=...: without a bias, zero padding already gives"):
         conv_primfunc(g1, ConvTile(8, 1, 16), masked=True)
-    with pytest.raises(ValueError, match=r"live=\(0, 3\): expected \(lo, hi\) with 0 <= lo < hi <= 1 \(pixel chunks of "
-                                         r"the output\), on a masked block-sparse kernel with counts=..., no cblock"):
+    with pytest.raises(ValueError, match=r"live=3 flags: expected 1 booleans, one per pixel chunk of the output, "
+                                         r"not all False, on a masked block-sparse kernel with counts=..., no cblock"):
         conv_primfunc(g1, ConvTile(8, 1, 16), np.zeros((1, 8), "int32"), counts=np.array([8]), epilogue="relu",
-                      masked=True, live=(0, 3))
-    with pytest.raises(ValueError, match=r"live=\(0, 1\): expected"):  # a dense kernel computes every chunk
-        conv_primfunc(g1, ConvTile(8, 1, 16), epilogue="relu", masked=True, live=(0, 1))
+                      masked=True, live=(True, False, True))
+    with pytest.raises(ValueError, match=r"live=1 flags: expected 1 booleans"):  # nothing to compute
+        conv_primfunc(g1, ConvTile(8, 1, 16), np.zeros((1, 8), "int32"), counts=np.array([8]), epilogue="relu",
+                      masked=True, live=(False,))
+    with pytest.raises(ValueError, match=r"live=1 flags: expected"):  # a dense kernel computes every chunk
+        conv_primfunc(g1, ConvTile(8, 1, 16), epilogue="relu", masked=True, live=(True,))
