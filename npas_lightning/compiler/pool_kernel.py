@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from .conv_kernel import STACK_SCOPE
+from . import conv_kernel
 
 __all__ = ["rows_mean_primfunc"]
 
@@ -45,7 +45,7 @@ def rows_mean_primfunc(n: int, c: int, mp: int, lanes: int = 16, keepdims: bool 
         T.func_attr({"tirx.noalias": True})
         with T.parallel(0, n * c) as t:
             b, ch = t // c, t % c
-            acc = T.alloc_buffer((k * lanes,), "float32", scope=STACK_SCOPE)
+            acc = T.alloc_buffer((k * lanes,), "float32", scope=conv_kernel.STACK_SCOPE)  # read at build time
             with T.vectorized(0, k * lanes) as i:
                 T.buffer_store(acc, zero, [i])
 

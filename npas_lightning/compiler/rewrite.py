@@ -1053,13 +1053,13 @@ def drop_unused_kernels(mod):
 
 
 def clear_kernel_caches() -> None:
-    """Forget the memoised IR-builder kernels (counts, channel-blocked, split, dense, per-pattern), so
-    that kernels built next read the module settings again (``STACK_SCOPE``,
+    """Forget the memoised IR-builder kernels (counts, channel-blocked, split, dense, per-pattern,
+    pooling), so that kernels built next read the module settings again (``STACK_SCOPE``,
     ``epilogue.activation_expr`` in the benchmarks' ablations)."""
-    from . import conv_kernel, dense_kernel, pattern_kernel, split_conv
+    from . import conv_kernel, dense_kernel, pattern_kernel, pool_kernel, split_conv
 
     for built in (conv_kernel._conv_counts_built, conv_kernel._conv_blocked_built, split_conv._split_built,
-                  dense_kernel._dense_counts_built, pattern_kernel._pattern_built):
+                  dense_kernel._dense_counts_built, pattern_kernel._pattern_built, pool_kernel.rows_mean_primfunc):
         built.cache_clear()
 
 

@@ -47,3 +47,19 @@ def test_rows_mean_refuses_rows_that_are_not_whole_vectors(lanes, mp):
 
 def test_doctests():
     assert doctest.testmod(pool_kernel).failed == 0
+
+
+def test_rows_mean_reads_the_stack_scope_when_built(monkeypatch):
+    """Like the conv kernels, the pooling kernel keeps its accumulators in ``STACK_SCOPE`` as set when it
+    is built; ``clear_kernel_caches`` forgets the memoised one (the benchmarks' ablations rebuild)."""
+    from npas_lightning.compiler import conv_kernel
+    from npas_lightning.compiler.rewrite import clear_kernel_caches
+
+    clear_kernel_caches()
+    assert "alloc_local" not in rows_mean_primfunc(1, 8, 64).script()
+    monkeypatch.setattr(conv_kernel, "STACK_SCOPE", "local")
+    assert "alloc_local" not in rows_mean_primfunc(1, 8, 64).script()  # memoised
+    clear_kernel_caches()
+    assert "alloc_local" in rows_mean_primfunc(1, 8, 64).script()
+    monkeypatch.undo()
+    clear_kernel_caches()
