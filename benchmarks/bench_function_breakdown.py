@@ -149,16 +149,6 @@ def _rewrite_flag(name: str, value):
         setattr(rewrite, name, real)
 
 
-def _no_split():
-    """Kernels built inside split no reduction between the cores (``rewrite.SPLIT_REDUCTION``)."""
-    return _rewrite_flag("SPLIT_REDUCTION", False)
-
-
-def _no_partials():
-    """Split convs built inside add their parts in a second pass of their own (``rewrite.SPLIT_PARTIALS``)."""
-    return _rewrite_flag("SPLIT_PARTIALS", False)
-
-
 def _input_size(shape: dict) -> int:
     """A conv record's input height (a 1x1 conv writing planes records its rows as one long row)."""
     return shape["planes"][0] if shape.get("planes") and shape["kh"] == 1 else shape["h"]
@@ -175,8 +165,10 @@ def _planes_positions(record) -> int:
 
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
-               "split": ("no split reductions (every 1x1 conv split by filters)", _no_split),
-               "partials": ("split convs adding their parts in a second pass", _no_partials),
+               "split": ("no split reductions (every 1x1 conv split by filters)",
+                         lambda: _rewrite_flag("SPLIT_REDUCTION", False)),
+               "partials": ("split convs adding their parts in a second pass",
+                            lambda: _rewrite_flag("SPLIT_PARTIALS", False)),
                "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0)),
                "padding-rows": ("planes writers computing the padding rows too (PLANES_OUTPUT_SKIPS_PADDING off)",
                                 lambda: _rewrite_flag("PLANES_OUTPUT_SKIPS_PADDING", False)),

@@ -39,8 +39,10 @@ class Expand(nn.Module):
         return y
 
 
-def _compiled(model, size: int, plan=None, batch: int = 1):
-    x = torch.randn(batch, model.pw[0].in_channels, size, size)
+def _compiled(model, size: int, plan=None, batch: int = 1, channels: int | None = None):
+    """Compile ``model`` on a random ``[batch, channels, size, size]`` input (``channels``: its ``pw``'s
+    inputs by default), check it and each kernel against PyTorch; records by module."""
+    x = torch.randn(batch, channels or model.pw[0].in_channels, size, size)
     compiled = compile_model(model, x, plan=plan, threads=2)
     assert compiled.numerics["ok"], compiled.numerics
     with torch.no_grad():
@@ -144,21 +146,12 @@ class Stem(nn.Module):
         return y
 
 
-def _compiled_stem(model, size: int):
-    x = torch.randn(1, 3, size, size)
-    compiled = compile_model(model, x, threads=2)
-    assert compiled.numerics["ok"], compiled.numerics
-    with torch.no_grad():
-        np.testing.assert_allclose(compiled.run(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
-    return {r.module: r for r in compiled.kernels}
-
-
 @pytest.mark.parametrize("act, k, stride, residual, size", [("silu", 3, 2, 0, 96), ("hardswish", 3, 2, 1, 45),
                                                             ("relu", 3, 2, 2, 40)])
 def test_stem_conv_writes_the_depthwise_planes(bn_model, act, k, stride, residual, size):
     """A kxk conv computes over its input padded further, so that its output rows are the depthwise
     conv's plane rows; residual adds read the image inside those planes."""
-    records = _compiled_stem(bn_model(lambda: Stem(act, k, stride, residual)), size)
+    records = _compiled(bn_model(lambda: Stem(act, k, stride, residual)), size, channels=3)
     stem, dw = records["stem.0"], records["dw.0"]
     out = -(-size // stride)
     assert stem.mask is not None and stem.symbol.endswith("_planes") and stem.mask.sum() == out * out
@@ -172,7 +165,7 @@ def test_stem_conv_writes_the_depthwise_planes(bn_model, act, k, stride, residua
 def test_stem_keeps_its_own_layout_when_its_rows_cannot_be_the_planes_rows(bn_model, k, stride):
     """A row of a kxk conv's output ends in (k - 1) // stride columns it cannot compute; in the
     depthwise conv's planes only the one padding column on the right may hold them."""
-    records = _compiled_stem(bn_model(lambda: Stem("relu", k, stride, residual=1)), 40)
+    records = _compiled(bn_model(lambda: Stem("relu", k, stride, residual=1)), 40, channels=3)
     assert records["stem.0"].mask is None and not records["dw.0"].shape.get("planes_hq")
 
 
@@ -203,11 +196,8 @@ def test_residual_add_reads_the_next_blocks_padded_input(bn_model, built_functio
     """The first block's sum is padded for the second expand conv's planes; the second block's
     residual add reads it inside that padding, so the sum is stored once, already padded."""
     model = bn_model(Residuals)
-    x = torch.randn(1, 8, 20, 20)
-    compiled = compile_model(model, x, threads=2)
-    with torch.no_grad():
-        np.testing.assert_allclose(compiled.run(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
-    names = built_function_names(model, x)
+    _compiled(model, 20, channels=8)
+    names = built_function_names(model, torch.randn(1, 8, 20, 20))
     assert [n for n in names if n.startswith("pad")] == ["pad"], names  # the model input's only
     assert any("add" in n and n.endswith("pad") for n in names), names
 
