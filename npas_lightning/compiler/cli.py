@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default="", help="comma list of engines to compare: torch,onnxruntime")
     p.add_argument("--threads", type=int, default=None, help="threads for every engine (default: all cores)")
     p.add_argument("--tune", action="store_true", help="measure a tile grid per layer (cached on disk)")
+    p.add_argument("--codegen-workers", type=int, default=None,
+                   help="threads generating code while compiling (default: all cores; 1: one thread)")
     p.add_argument("--number", type=int, default=10, help="runs per sample")
     p.add_argument("--repeat", type=int, default=5, help="samples (rounds) per engine")
     p.add_argument("--warmup", type=int, default=2, help="warm-up runs per engine")
@@ -115,6 +117,7 @@ def _cache_stats(args) -> int:
 
 
 def run(args) -> dict[str, Any]:
+    from .codegen import codegen_workers
     from .compile import compile_model
     from .engines import ENGINES, measure_interleaved, onnxruntime_engine, torch_engine, tvm_engine
     from .measure import LocalSession, RPCSession, parse_rpc
@@ -128,6 +131,7 @@ def run(args) -> dict[str, Any]:
     for name in ("number", "repeat"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    codegen_workers(args.codegen_workers)  # before the model is built
     spec = resolve_target(args.target, threads=args.threads, ndk_cc=args.ndk_cc)
     if args.rpc:
         host, port = parse_rpc(args.rpc)
@@ -141,7 +145,7 @@ def run(args) -> dict[str, Any]:
     model, plan, display = load_model(args.model, num_classes=args.num_classes, in_chans=shape[1])
     x = torch.randn(shape)
     compiled = compile_model(model, x, plan=plan, target=spec, tune=args.tune, threads=args.threads,
-                             check=not args.no_check and spec.is_host)
+                             check=not args.no_check and spec.is_host, codegen_workers=args.codegen_workers)
     xn = x.numpy()
     engines = [tvm_engine(compiled, xn, session)]
     for name in compare:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .codegen import codegen_workers as resolve_codegen_workers
 from .errors import CompileError
 from .measure import (
     LatencyStats,
@@ -228,7 +229,7 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
                   target: str | Mapping | TargetSpec = "host", tune: bool = False, threads: int | None = None,
                   check: bool = True, tile_cache: str | os.PathLike | TileCache | None = None,
                   rtol: float = 1e-4, atol: float = 0.0, schedule: bool = True,
-                  imported: Any = None) -> Compiled:
+                  imported: Any = None, codegen_workers: int | None = None) -> Compiled:
     """Compile ``model`` for ``target`` with the project's kernels.
 
     Args:
@@ -251,6 +252,9 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
         imported: the result of ``frontend.import_model(model, example_input)`` done earlier, e.g. in the
             main thread: ``torch.export`` patches ``nn.Module.__call__`` process-wide while it traces, so
             a caller that builds in a background thread while training runs imports first.
+        codegen_workers: threads that generate the code (LLVM), each building a group of the model's
+            functions (:mod:`npas_lightning.compiler.codegen`); ``None``: every CPU of this process, 1:
+            ``tvm.compile`` on one thread. The generated code is the same either way.
     """
     from .frontend import import_model
     from .pipeline import build_relax
@@ -259,6 +263,10 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
     spec = resolve_target(target, threads=threads)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise CompileError(f"threads must be a positive int or None, got {threads!r}")
+    try:
+        codegen_workers = resolve_codegen_workers(codegen_workers)
+    except ValueError as err:
+        raise CompileError(str(err)) from None
     if threads is not None and spec.is_host:
         configure_threads(threads)  # a pool too small for them is an error now, not after the build
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
@@ -278,7 +286,7 @@ def compile_model(model: nn.Module, example_input: torch.Tensor, *, plan: Any = 
     cache = tile_cache if isinstance(tile_cache, TileCache) else TileCache(tile_cache)
     planner = TilePlanner(spec, tune=tune, cache=cache)
     result = build_relax(imported.mod, spec, planner=planner, names=imported.names, schedule=schedule,
-                         sparse_layers=getattr(imported, "sparse", None))
+                         sparse_layers=getattr(imported, "sparse", None), codegen_workers=codegen_workers)
     _plan_notes(resolved, result.records, prepare_info)
     timings = {"import_s": t_import, **result.timings, "total_s": time.perf_counter() - t0}
     params = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()

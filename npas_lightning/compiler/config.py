@@ -30,10 +30,10 @@ def target_from_config(cfg: Mapping | None) -> TargetSpec:
 
 def compile_from_config(model: nn.Module, example_input: torch.Tensor, cfg: Mapping | None, *,
                         plan: Any = None) -> Compiled:
-    """``compile_model`` with target, threads, tune, check and tile cache taken from ``cfg``."""
+    """``compile_model`` with target, threads, tune, check, tile cache and codegen workers taken from ``cfg``."""
     return compile_model(model, example_input, plan=plan, target=target_from_config(cfg), tune=bool(_get(cfg, "tune", False)),
                          threads=_get(cfg, "threads"), check=bool(_get(cfg, "check", True)),
-                         tile_cache=_get(cfg, "tile_cache"))
+                         tile_cache=_get(cfg, "tile_cache"), codegen_workers=_get(cfg, "codegen_workers"))
 
 
 def _session_args(cfg: Mapping | None) -> dict[str, Any]:
@@ -56,4 +56,4 @@ def measure_from_config(model: nn.Module, example_input: torch.Tensor, cfg: Mapp
                            threads=_get(cfg, "threads"), tune=bool(_get(cfg, "tune", False)), cache=cache,
                            number=int(_get(m, "number", 10)), repeat=int(_get(m, "repeat", 5)),
                            warmup=int(_get(m, "warmup", 2)), check=bool(_get(cfg, "check", True)),
-                           **_session_args(cfg))
+                           codegen_workers=_get(cfg, "codegen_workers"), **_session_args(cfg))

@@ -31,10 +31,12 @@ def cache_key_for(model: nn.Module, input_shape, *, plan: Any = None, target: Ta
 def measure_latency(model: nn.Module, example_input: torch.Tensor, *, plan: Any = None,
                     target: str | Mapping | TargetSpec = "host", threads: int | None = None, tune: bool = False,
                     cache: LatencyCache | None = None, number: int = 10, repeat: int = 5, warmup: int = 2,
-                    device: str = "local", rpc: Mapping | None = None, check: bool = True) -> tuple[LatencyStats, bool]:
+                    device: str = "local", rpc: Mapping | None = None, check: bool = True,
+                    codegen_workers: int | None = None) -> tuple[LatencyStats, bool]:
     """Latency of ``model`` (+ ``plan``) on ``target``: a cache lookup, else compile + measure + store.
 
-    Returns ``(stats, cache_hit)``. With ``cache=None`` nothing is cached.
+    Returns ``(stats, cache_hit)``. With ``cache=None`` nothing is cached. ``codegen_workers``: see
+    ``compile_model`` (it changes how fast the code is generated, not the code, so not the key).
     """
     spec = resolve_target(target, threads=threads)
     key, parts = cache_key_for(model, tuple(example_input.shape), plan=plan, target=spec)
@@ -42,7 +44,8 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, *, plan: Any 
         hit = cache.get(key)
         if hit is not None:
             return hit, True
-    compiled = compile_model(model, example_input, plan=plan, target=spec, tune=tune, threads=threads, check=check)
+    compiled = compile_model(model, example_input, plan=plan, target=spec, tune=tune, threads=threads, check=check,
+                             codegen_workers=codegen_workers)
     stats = compiled.measure(number=number, repeat=repeat, warmup=warmup, device=device, rpc=rpc)
     if cache is not None:
         cache.put(key, stats, **parts)

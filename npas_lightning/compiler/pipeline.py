@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from .codegen import build_executable
 from .fastmath import fast_math
 from .fold import fold_constants
 from .generic_schedule import schedule_module
@@ -23,12 +24,14 @@ class BuildResult:
 
 
 def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: dict | None = None,
-                schedule: bool = True, sparse_layers: dict[str, str] | None = None) -> BuildResult:
+                schedule: bool = True, sparse_layers: dict[str, str] | None = None,
+                codegen_workers: int | None = None) -> BuildResult:
     """Optimise and build ``mod`` for ``spec``.
 
     ``schedule=False`` gives the untuned reference: TVM's own lowering with no project kernels and
     no schedules (what the default pipeline produces). ``sparse_layers`` (module name -> scheme)
-    selects the layers lowered to block-sparse kernels.
+    selects the layers lowered to block-sparse kernels. ``codegen_workers`` threads generate the
+    code (:func:`~npas_lightning.compiler.codegen.build_executable`; ``None``: every CPU).
     """
     import tvm
     from tvm import relax
@@ -60,6 +63,6 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
         mod = schedule_module(mod, spec.vector_lanes)
     timings["fuse_schedule_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    executable = tvm.compile(mod, target=spec.tvm_target)
+    executable = build_executable(mod, spec.tvm_target, workers=codegen_workers)
     timings["codegen_s"] = time.perf_counter() - t2
     return BuildResult(executable, records, timings, mod)

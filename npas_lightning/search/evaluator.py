@@ -59,7 +59,8 @@ class FastEvaluator:
         finetune_steps: SGD steps of the fine-tune (the budget).
         lr, momentum, weight_decay: SGD settings of the fine-tune.
         val_batches: validation batches used for V (``None`` = the whole validation set).
-        compile_kwargs: extra kwargs of ``npas_lightning.compiler.compile_model`` (target, tune, threads, check).
+        compile_kwargs: extra kwargs of ``npas_lightning.compiler.compile_model`` (target, tune, threads, check,
+            codegen_workers).
         measure_kwargs: kwargs of ``Compiled.measure`` (number, repeat, warmup, device, rpc).
         latency_stat: which statistic of the measured latency is h: ``median`` (default), ``min``
             (robust to interference on a shared machine) or ``mean``; all three are kept in ``info``.
@@ -150,7 +151,8 @@ class FastEvaluator:
         from npas_lightning.compiler.cache import latency_key, model_hash
 
         spec = resolve_target(self.compile_kwargs.get("target", "host"), threads=self.compile_kwargs.get("threads"))
-        extras = {k: v for k, v in sorted(self.compile_kwargs.items()) if k not in ("target", "check")}
+        # (check and codegen_workers change neither the code nor its latency)
+        extras = {k: v for k, v in sorted(self.compile_kwargs.items()) if k not in ("target", "check", "codegen_workers")}
         parts = {"backbone": model_hash(frozen),
                  "plan": f"{plan.structural_hash()}|{extras}|{sorted(self.measure_kwargs.items())}",
                  "input_shape": [int(v) for v in self.example_input.shape], "target": spec.key(),
