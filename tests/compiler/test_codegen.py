@@ -99,3 +99,31 @@ def test_compile_model_refuses_bad_codegen_workers_before_importing():
 def test_cli_refuses_bad_codegen_workers(capsys):
     assert cli_main(["resnet18", "--input", "1x3x32x32", "--codegen-workers", "0"]) == 2
     assert "npas-latency: error: codegen_workers=0: expected a positive int" in capsys.readouterr().err
+
+
+def _cross_spec(name: str):
+    import shutil
+
+    from npas_lightning.compiler import resolve_target
+
+    cc = shutil.which("g++") or shutil.which("clang++")
+    if cc is None:
+        pytest.skip("no C++ compiler to stand in for the NDK's (target resolution only checks it exists)")
+    return resolve_target(name, ndk_cc=cc)
+
+
+def test_cross_compiled_cpu_code_is_split_too():
+    small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    c = compile_model(small, torch.randn(1, 3, 16, 16), target=_cross_spec("arm64-android"), check=False,
+                      codegen_workers=2)
+    lib = c.executable.mod.imports[0]
+    groups = [m.kind for m in lib.imports]  # the other groups' modules, imported into the first
+    assert lib.kind == "llvm" and len(groups) >= 1 and set(groups) == {"llvm"}
+
+
+def test_gpu_targets_build_as_tvm_compile_does():
+    small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    c = compile_model(small, torch.randn(1, 3, 16, 16), target=_cross_spec("adreno-opencl"), check=False,
+                      codegen_workers=2)
+    assert [m.kind for m in c.executable.mod.imports[0].imports] == ["opencl"]
