@@ -63,12 +63,12 @@ def _parallel_ok(target) -> bool:
     host = target if target.host is None else target.host
     private = (all(hasattr(vm_build, n) for n in ("_vmcodegen", "_filter_tir", "_is_device_module", "VMExecutable"))
                and hasattr(relax._ffi_api, "VMLink"))
-    return (private and target.kind.name == "llvm" and "wasm" not in str(host.attrs.get("mtriple", "")))
+    return private and target.kind.name == "llvm" and "wasm" not in str(host.attrs.get("mtriple", ""))
 
 
 def build_executable(mod, target, *, workers: int | None = None) -> Any:
     """``tvm.compile(mod, target=target)`` with the TIR functions built on ``workers`` threads
-    (:func:`codegen_workers`; one worker, a non-LLVM target or a single function: ``tvm.compile``)."""
+    (:func:`codegen_workers`; one worker or a target that is not LLVM: ``tvm.compile`` itself)."""
     import tvm
     from tvm import relax
     from tvm.relax import vm_build
@@ -98,8 +98,9 @@ def build_executable(mod, target, *, workers: int | None = None) -> Any:
         for other in libs[1:]:
             lib.import_module(other)
     # external modules as relax.build links them: device code into the TIR library, the rest to the VM
-    device = [m for m in ext_libs if vm_build._is_device_module(m)]
-    for m in device if lib is not None else ():
-        lib.import_module(m)
+    if lib is not None:
+        for m in ext_libs:
+            if vm_build._is_device_module(m):
+                lib.import_module(m)
     host_ext = [m for m in ext_libs if not vm_build._is_device_module(m)]
     return vm_build.VMExecutable(relax._ffi_api.VMLink(builder, target, lib, host_ext, params))

@@ -67,6 +67,21 @@ def test_masks_are_held_during_finetune(setup):
         assert torch.count_nonzero(w[~m]) == 0
 
 
+def test_latency_key_ignores_settings_that_keep_the_code(setup):
+    space, _ = setup
+    plan = space.to_plan((next(i for i, c in enumerate(space.layers[0].choices) if c.scheme == "block_punched"
+                               and c.rate == 5.0), 0))
+
+    def key(**compile_kwargs):
+        ev = FastEvaluator(_net(), list, list, torch.randn(1, 3, 8, 8), compile_kwargs=compile_kwargs)
+        model, _ = ev.build(plan)
+        return ev.latency_key(ev.frozen_for_compile(model, plan)[0], plan)[0]
+
+    base = key(threads=1)
+    assert key(threads=1, codegen_workers=1, check=False) == base  # same generated code
+    assert key(threads=1, tune=True) != base
+
+
 @pytest.mark.parametrize(("kw", "match"), [({"finetune_steps": -1}, "finetune_steps=-1"), ({"lr": 0.0}, "lr=0.0"),
                                            ({"val_batches": 0}, "val_batches=0"),
                                            ({"device": "tpu"}, "device=.tpu."),
