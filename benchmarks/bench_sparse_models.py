@@ -38,17 +38,19 @@ from _common import fresh_tile_cache, write_results  # noqa: E402
 MODELS = ["efficientnet_b0", "mobilenetv3_large_100"]
 
 
-def uniform_plan(model: torch.nn.Module, rate: float, *, balanced: bool) -> NPASScheme:
-    """block_punched on every kxk conv, block_based on 1x1 convs and the classifier; the first conv dense."""
+def uniform_plan(model: torch.nn.Module, rate: float, *, balanced: bool,
+                 rates: dict[str, float] | None = None) -> NPASScheme:
+    """block_punched on every kxk conv, block_based on 1x1 convs and the classifier; the first conv dense.
+    ``rates``: other rates for some layers (by module name)."""
     first = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
-    kxk = {"scheme": "block_punched", "rate": rate, "block": [8, 4], "params": {"balanced": balanced}}
-    matrix = {"scheme": "block_based", "rate": rate, "block": [16, 4], "params": {"balanced": balanced}}
     plan = {}
     for name, m in model.named_modules():
         if name == first or not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             continue
         one_by_one = isinstance(m, torch.nn.Linear) or (m.kernel_size == (1, 1) and m.groups == 1)
-        plan[name] = matrix if one_by_one else kxk
+        scheme, block = ("block_based", [16, 4]) if one_by_one else ("block_punched", [8, 4])
+        plan[name] = {"scheme": scheme, "rate": (rates or {}).get(name, rate), "block": block,
+                      "params": {"balanced": balanced}}
     return NPASScheme.resolve(plan, model, exclude=[])
 
 

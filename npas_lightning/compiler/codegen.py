@@ -10,23 +10,70 @@ first one and links the VM executable from it. The executable runs, and exports 
 ``export_library`` (which links every group's object file), like ``tvm.compile``'s
 (``tests/compiler/test_codegen.py``; ``benchmarks/bench_codegen.py`` times both).
 
+Functions are also reused between compiles in one process (:data:`REUSE_FUNCTIONS`): each is built in
+an LLVM module of its own, kept by its symbol, its structural hash and the target
+(:data:`FUNCTION_CACHE_SIZE` of them, least recently used dropped first), and a later compile with a
+structurally equal function under the same symbol links that module instead of building it again.
+Search candidates differ from each other in a few layers, so most of their functions repeat.
+
 Example:
-    >>> exe = build_executable(mod, spec.tvm_target, workers=2)   # mod: a Relax IRModule
+    >>> stats = {}
+    >>> exe = build_executable(mod, spec.tvm_target, workers=2, stats=stats)   # mod: a Relax IRModule
+    >>> stats                                   # {"functions": 141, "reused": 98}
     >>> vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .threads import available_cpus
 
-__all__ = ["GROUPS_PER_WORKER", "build_executable", "codegen_workers", "function_groups"]
+__all__ = ["FUNCTION_CACHE_SIZE", "GROUPS_PER_WORKER", "REUSE_FUNCTIONS", "build_executable", "clear_function_cache",
+           "codegen_workers", "function_groups"]
 
 #: groups per worker thread: the pool hands the next group to whichever thread is free, so a group
 #: of large kernels does not leave the other threads idle at the end
 GROUPS_PER_WORKER = 2
+
+#: build every function in a module of its own and reuse it in later compiles of this process when a
+#: function with the same symbol is structurally equal (False: groups of functions, nothing kept)
+REUSE_FUNCTIONS = True
+
+#: built functions kept for reuse (least recently used dropped first)
+FUNCTION_CACHE_SIZE = 2048
+
+_cache: OrderedDict[tuple[str, int, str], tuple[Any, Any]] = OrderedDict()  # key -> (PrimFunc, module)
+_cache_lock = threading.Lock()
+
+
+def clear_function_cache() -> None:
+    """Forget every built function kept for reuse."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _cached(key: tuple[str, int, str], func) -> Any:
+    """The module built for ``func`` under ``key`` earlier in this process, else ``None``."""
+    import tvm_ffi
+
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is None or not tvm_ffi.structural_equal(hit[0], func):
+            return None
+        _cache.move_to_end(key)
+        return hit[1]
+
+
+def _keep(key: tuple[str, int, str], func, module) -> None:
+    with _cache_lock:
+        _cache[key] = (func, module)
+        _cache.move_to_end(key)
+        while len(_cache) > FUNCTION_CACHE_SIZE:
+            _cache.popitem(last=False)
 
 
 def codegen_workers(workers: int | None) -> int:
@@ -66,10 +113,13 @@ def _parallel_ok(target) -> bool:
     return private and target.kind.name == "llvm" and "wasm" not in str(host.attrs.get("mtriple", ""))
 
 
-def build_executable(mod, target, *, workers: int | None = None) -> Any:
+def build_executable(mod, target, *, workers: int | None = None, stats: dict | None = None) -> Any:
     """``tvm.compile(mod, target=target)`` with the TIR functions built on ``workers`` threads
-    (:func:`codegen_workers`; one worker or a target that is not LLVM: ``tvm.compile`` itself)."""
+    (:func:`codegen_workers`; one worker or a target that is not LLVM: ``tvm.compile`` itself) and,
+    with :data:`REUSE_FUNCTIONS`, functions built by earlier compiles reused. ``stats`` (a dict) gets
+    ``functions`` (TIR functions linked) and ``reused`` (how many of them came from earlier compiles)."""
     import tvm
+    import tvm_ffi
     from tvm import relax
     from tvm.relax import vm_build
 
@@ -84,23 +134,38 @@ def build_executable(mod, target, *, workers: int | None = None) -> Any:
     builder = relax.ExecBuilder()
     tir = vm_build._filter_tir(vm_build._vmcodegen(builder, mod, "bytecode"))
     funcs = {} if tir is None else {gv.name_hint: (gv, f) for gv, f in tir.functions.items()}
-    lib = None
-    if funcs:
-        groups = function_groups(list(funcs), n * GROUPS_PER_WORKER)
+    reuse = REUSE_FUNCTIONS and not any(vm_build._is_device_module(m) for m in ext_libs)
 
-        def build(names: list[str]):
-            return tvm.tirx.build(tvm.IRModule({funcs[k][0]: funcs[k][1] for k in names}, attrs=tir.attrs),
-                                  target=target)
+    def build(names: list[str]):
+        return tvm.tirx.build(tvm.IRModule({funcs[k][0]: funcs[k][1] for k in names}, attrs=tir.attrs),
+                              target=target)
 
-        with ThreadPoolExecutor(min(n, len(groups)), thread_name_prefix="npas-codegen") as pool:
-            libs = list(pool.map(build, groups))
-        lib = libs[0]
-        for other in libs[1:]:
-            lib.import_module(other)
-    # external modules as relax.build links them: device code into the TIR library, the rest to the VM
-    if lib is not None:
-        for m in ext_libs:
+    reused = 0
+    if reuse:  # one module per function, each linked into the VM as an external library
+        keys = {k: (k, tvm_ffi.structural_hash(f), str(target)) for k, (_, f) in funcs.items()}
+        modules = {k: _cached(keys[k], funcs[k][1]) for k in sorted(funcs)}
+        missing = [k for k, m in modules.items() if m is None]
+        reused = len(modules) - len(missing)
+        if missing:
+            with ThreadPoolExecutor(min(n, len(missing)), thread_name_prefix="npas-codegen") as pool:
+                for k, m in zip(missing, pool.map(build, [[k] for k in missing]), strict=True):
+                    modules[k] = m
+                    _keep(keys[k], funcs[k][1], m)
+        lib, linked = None, list(modules.values())
+    else:
+        lib, linked = None, []
+        if funcs:
+            groups = function_groups(list(funcs), n * GROUPS_PER_WORKER)
+            with ThreadPoolExecutor(min(n, len(groups)), thread_name_prefix="npas-codegen") as pool:
+                libs = list(pool.map(build, groups))
+            lib = libs[0]
+            for other in libs[1:]:
+                lib.import_module(other)
+        # external modules as relax.build links them: device code into the TIR library, the rest to the VM
+        for m in ext_libs if lib is not None else ():
             if vm_build._is_device_module(m):
                 lib.import_module(m)
+    if stats is not None:
+        stats.update(functions=len(funcs), reused=reused)
     host_ext = [m for m in ext_libs if not vm_build._is_device_module(m)]
-    return vm_build.VMExecutable(relax._ffi_api.VMLink(builder, target, lib, host_ext, params))
+    return vm_build.VMExecutable(relax._ffi_api.VMLink(builder, target, lib, linked + host_ext, params))

@@ -63,6 +63,9 @@ def build_relax(mod, spec: TargetSpec, *, planner: TilePlanner | None, names: di
         mod = schedule_module(mod, spec.vector_lanes)
     timings["fuse_schedule_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    executable = build_executable(mod, spec.tvm_target, workers=codegen_workers)
+    linked: dict[str, int] = {}
+    executable = build_executable(mod, spec.tvm_target, workers=codegen_workers, stats=linked)
     timings["codegen_s"] = time.perf_counter() - t2
+    if linked:  # TIR functions linked, and how many were reused from earlier compiles of this process
+        timings["codegen_functions"], timings["codegen_reused"] = linked["functions"], linked["reused"]
     return BuildResult(executable, records, timings, mod)

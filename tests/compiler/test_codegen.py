@@ -7,7 +7,12 @@ from torch import nn
 
 from npas_lightning.compiler import CompileError, compile_model
 from npas_lightning.compiler.cli import main as cli_main
-from npas_lightning.compiler.codegen import GROUPS_PER_WORKER, codegen_workers, function_groups
+from npas_lightning.compiler.codegen import (
+    GROUPS_PER_WORKER,
+    clear_function_cache,
+    codegen_workers,
+    function_groups,
+)
 from npas_lightning.compiler.config import compile_from_config
 from npas_lightning.compiler.threads import available_cpus
 
@@ -36,19 +41,65 @@ def _net():
 
 @pytest.fixture(scope="module")
 def one_and_three():
+    clear_function_cache()
     x = torch.randn(1, 3, 20, 20)
     return x, compile_model(_net(), x, codegen_workers=1), compile_model(_net(), x, codegen_workers=3)
+
+
+def _modules(compiled) -> list[str]:
+    """Kinds of the modules the VM executable links: TVM's one library, or one LLVM module per function
+    (plus an empty C module the VM links when it has no library of its own)."""
+    return [m.kind for m in compiled.executable.mod.imports]
 
 
 def test_parallel_build_runs_like_one_thread(one_and_three):
     x, one, three = one_and_three
     assert three.numerics["ok"]
-    # the parallel build links several LLVM modules (each group's) into the executable's library
-    assert len(three.executable.mod.imports[0].imports) >= 1
-    assert len(one.executable.mod.imports[0].imports) == 0
-    for _ in range(2):
-        xi = np.random.default_rng(0).standard_normal(tuple(x.shape)).astype("float32")
+    n = three.timings["codegen_functions"]
+    assert n >= 8 and three.timings["codegen_reused"] == 0
+    assert _modules(three).count("llvm") == n and _modules(one) == ["llvm"]  # one module per function
+    assert "codegen_functions" not in one.timings  # tvm.compile itself
+    for seed in range(2):
+        xi = np.random.default_rng(seed).standard_normal(tuple(x.shape)).astype("float32")
         np.testing.assert_array_equal(three.run(xi), one.run(xi))
+
+
+def test_a_later_compile_reuses_the_functions_it_shares(one_and_three):
+    x, one, three = one_and_three
+    again = compile_model(_net(), x, codegen_workers=2)
+    assert again.timings["codegen_reused"] == again.timings["codegen_functions"] == three.timings["codegen_functions"]
+    wider = _net()
+    wider.head = nn.Linear(24, 7)  # the classifier's function changes, the others do not
+    other = compile_model(wider, x, codegen_workers=2)
+    assert 0 < other.timings["codegen_reused"] < other.timings["codegen_functions"]
+    with torch.no_grad():
+        np.testing.assert_allclose(other.run(x), wider(x).numpy(), rtol=1e-4, atol=1e-6)
+    xi = np.random.default_rng(2).standard_normal(tuple(x.shape)).astype("float32")
+    np.testing.assert_array_equal(again.run(xi), one.run(xi))
+
+
+def test_without_reuse_groups_are_built(monkeypatch, one_and_three):
+    from npas_lightning.compiler import codegen
+
+    x, one, _ = one_and_three
+    monkeypatch.setattr(codegen, "REUSE_FUNCTIONS", False)
+    grouped = compile_model(_net(), x, codegen_workers=2)
+    assert grouped.timings["codegen_reused"] == 0
+    assert _modules(grouped) == ["llvm"] and grouped.executable.mod.imports[0].imports  # groups in one library
+    xi = np.random.default_rng(3).standard_normal(tuple(x.shape)).astype("float32")
+    np.testing.assert_array_equal(grouped.run(xi), one.run(xi))
+
+
+def test_the_function_cache_keeps_the_most_recent(monkeypatch):
+    from npas_lightning.compiler import codegen
+
+    monkeypatch.setattr(codegen, "FUNCTION_CACHE_SIZE", 3)
+    clear_function_cache()
+    x = torch.randn(1, 3, 12, 12)
+    compile_model(_net(), x, codegen_workers=2, check=False)
+    assert len(codegen._cache) == 3
+    clear_function_cache()
+    assert len(codegen._cache) == 0
 
 
 def test_parallel_build_exports_one_library(one_and_three, tmp_path):
@@ -112,14 +163,12 @@ def _cross_spec(name: str):
     return resolve_target(name, ndk_cc=cc)
 
 
-def test_cross_compiled_cpu_code_is_split_too():
+def test_cross_compiled_cpu_code_is_built_per_function_too():
     small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
     c = compile_model(small, torch.randn(1, 3, 16, 16), target=_cross_spec("arm64-android"), check=False,
                       codegen_workers=2)
-    lib = c.executable.mod.imports[0]
-    groups = [m.kind for m in lib.imports]  # the other groups' modules, imported into the first
-    assert lib.kind == "llvm" and len(groups) >= 1 and set(groups) == {"llvm"}
+    assert _modules(c).count("llvm") == c.timings["codegen_functions"] > 1
 
 
 def test_gpu_targets_build_as_tvm_compile_does():
