@@ -1,25 +1,28 @@
-"""Code generation on every core: a Relax module's TIR functions built in parallel LLVM modules.
+"""Code generation on every core, reusing what earlier compiles built.
 
 ``tvm.compile`` lowers and optimises every TIR function of a model in one LLVM module, on one
 thread: 4.7 s of the 9 s an efficientnet_b0 compile took with every layer sparse (``codegen_s`` in
 ``compile_breakdown``, ``benchmarks/results/bench_sparse_models_balanced.json``). The functions do
-not call each other, so :func:`build_executable` runs the Relax pipeline and the VM code generation
-as ``tvm.relax.build`` does, splits the TIR functions into groups, builds the groups on a thread
-pool (TVM releases the GIL while it lowers and LLVM optimises), imports the groups' modules into the
-first one and links the VM executable from it. The executable runs, and exports with
-``export_library`` (which links every group's object file), like ``tvm.compile``'s
-(``tests/compiler/test_codegen.py``; ``benchmarks/bench_codegen.py`` times both).
+not call each other. So :func:`build_executable` runs the Relax pipeline and the VM code generation
+as ``tvm.relax.build`` does, then builds the TIR functions on a thread pool (TVM releases the GIL
+while it lowers and LLVM optimises) and links the VM executable from the modules.
 
-Functions are also reused between compiles in one process (:data:`REUSE_FUNCTIONS`): each is built in
-an LLVM module of its own, kept by its symbol, its structural hash and the target
-(:data:`FUNCTION_CACHE_SIZE` of them, least recently used dropped first), and a later compile with a
-structurally equal function under the same symbol links that module instead of building it again.
-Search candidates differ from each other in a few layers, so most of their functions repeat.
+With :data:`REUSE_FUNCTIONS` (the default) each function gets an LLVM module of its own, linked into
+the VM as an external module. The module is kept by the function's symbol, its structural hash and
+the target (:data:`FUNCTION_CACHE_SIZE` of them, least recently used dropped first). A later compile
+in the process with a structurally equal function under the same symbol links the kept module
+instead of building it again. Search candidates differ from each other in a few layers, so most of
+their functions repeat. Without it, the functions are built in a few groups, imported into the first
+group's module, and nothing is kept.
+
+Either way the executable runs, and exports with ``export_library`` (which links every module's
+object file), like ``tvm.compile``'s (``tests/compiler/test_codegen.py``;
+``benchmarks/bench_codegen.py`` times them).
 
 Example:
     >>> stats = {}
     >>> exe = build_executable(mod, spec.tvm_target, workers=2, stats=stats)   # mod: a Relax IRModule
-    >>> stats                                   # {"functions": 141, "reused": 98}
+    >>> stats["functions"], stats["reused"]     # functions linked, and how many earlier compiles built
     >>> vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
 """
 
@@ -161,10 +164,10 @@ def build_executable(mod, target, *, workers: int | None = None, stats: dict | N
             lib = libs[0]
             for other in libs[1:]:
                 lib.import_module(other)
-        # external modules as relax.build links them: device code into the TIR library, the rest to the VM
-        for m in ext_libs if lib is not None else ():
-            if vm_build._is_device_module(m):
-                lib.import_module(m)
+        if lib is not None:  # external modules as relax.build links them: device code into the TIR library
+            for m in ext_libs:
+                if vm_build._is_device_module(m):
+                    lib.import_module(m)
     if stats is not None:
         stats.update(functions=len(funcs), reused=reused)
     host_ext = [m for m in ext_libs if not vm_build._is_device_module(m)]
