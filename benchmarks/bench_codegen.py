@@ -76,6 +76,18 @@ def _candidate_row(name, args, x, xn, many, compile_model, clear_function_cache)
     return row
 
 
+def _print_table(title: str, columns, cells) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in cells:
+        table.add_row(*row)
+    Console().print(table)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["efficientnet_b0", "mobilenetv3_large_100"])
@@ -119,29 +131,18 @@ def main(argv=None) -> int:
                   f"({row['codegen_speedup']:.2f}x)  total {row['total_s_one']:.2f} -> {row['total_s_many']:.2f} s  "
                   f"same output: {row['same_output']}", flush=True)
         rows.append(_candidate_row(name, args, x, xn, many, compile_model, clear_function_cache))
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"compile time, code generated on 1 vs {many} threads (median of {args.rounds})")
-    for col in ("model", "plan", "codegen 1 (s)", f"codegen {many} (s)", "speedup", "total 1 (s)",
-                f"total {many} (s)", "same output"):
-        t.add_column(col)
-    for r in rows:
-        if "codegen_s_one" in r:
-            t.add_row(r["model"], r["plan"], f"{r['codegen_s_one']:.2f}", f"{r['codegen_s_many']:.2f}",
-                      f"{r['codegen_speedup']:.2f}x", f"{r['total_s_one']:.2f}", f"{r['total_s_many']:.2f}",
-                      str(r["same_output"]))
-    Console().print(t)
-    c = Table(title=f"the next candidate, {many} threads: functions of the 5x compile reused vs built again")
-    for col in ("model", "plan", "reused", "codegen cold (s)", "codegen reused (s)", "total cold (s)",
-                "total reused (s)", "same output"):
-        c.add_column(col)
-    for r in rows:
-        if "codegen_s_cold" in r:
-            c.add_row(r["model"], r["plan"], f"{r['reused']}/{r['functions']}", f"{r['codegen_s_cold']:.2f}",
-                      f"{r['codegen_s_reused']:.2f}", f"{r['total_s_cold']:.2f}", f"{r['total_s_reused']:.2f}",
-                      str(r["same_output"]))
-    Console().print(c)
+    _print_table(f"compile time, code generated on 1 vs {many} threads (median of {args.rounds})",
+                 ("model", "plan", "codegen 1 (s)", f"codegen {many} (s)", "speedup", "total 1 (s)",
+                  f"total {many} (s)", "same output"),
+                 [(r["model"], r["plan"], f"{r['codegen_s_one']:.2f}", f"{r['codegen_s_many']:.2f}",
+                   f"{r['codegen_speedup']:.2f}x", f"{r['total_s_one']:.2f}", f"{r['total_s_many']:.2f}",
+                   str(r["same_output"])) for r in rows if "codegen_s_one" in r])
+    _print_table(f"the next candidate, {many} threads: functions of the 5x compile reused vs built again",
+                 ("model", "plan", "reused", "codegen cold (s)", "codegen reused (s)", "total cold (s)",
+                  "total reused (s)", "same output"),
+                 [(r["model"], r["plan"], f"{r['reused']}/{r['functions']}", f"{r['codegen_s_cold']:.2f}",
+                   f"{r['codegen_s_reused']:.2f}", f"{r['total_s_cold']:.2f}", f"{r['total_s_reused']:.2f}",
+                   str(r["same_output"])) for r in rows if "codegen_s_cold" in r])
     path = write_results("bench_codegen", "python benchmarks/bench_codegen.py " + " ".join(argv or sys.argv[1:]),
                          {"rows": rows, "rounds": args.rounds, "size": args.size,
                           "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
