@@ -47,9 +47,12 @@ def _model(name: str, rate: float | None, rates: dict[str, float] | None = None)
     return model, plan
 
 
-def _candidate_row(name, args, x, xn, many, compile_model, clear_function_cache) -> dict:
+def _candidate_row(name, args, x, xn, many: int) -> dict:
     """A search's next candidate: the 5x plan with every ``--every``-th pruned layer at 3x, compiled
     after the 5x plan with its functions kept ("reused") and with the cache emptied ("cold")."""
+    from npas_lightning.compiler import compile_model
+    from npas_lightning.compiler.codegen import clear_function_cache
+
     base, base_plan = _model(name, args.rate)
     changed = {k: 3.0 for k in list(base_plan)[::args.every]}
     model, plan = _model(name, args.rate, changed)
@@ -130,7 +133,7 @@ def main(argv=None) -> int:
             print(f"{name:24s} {row['plan']:5s} codegen {row['codegen_s_one']:.2f} -> {row['codegen_s_many']:.2f} s "
                   f"({row['codegen_speedup']:.2f}x)  total {row['total_s_one']:.2f} -> {row['total_s_many']:.2f} s  "
                   f"same output: {row['same_output']}", flush=True)
-        rows.append(_candidate_row(name, args, x, xn, many, compile_model, clear_function_cache))
+        rows.append(_candidate_row(name, args, x, xn, many))
     _print_table(f"compile time, code generated on 1 vs {many} threads (median of {args.rounds})",
                  ("model", "plan", "codegen 1 (s)", f"codegen {many} (s)", "speedup", "total 1 (s)",
                   f"total {many} (s)", "same output"),

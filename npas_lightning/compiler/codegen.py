@@ -139,35 +139,30 @@ def build_executable(mod, target, *, workers: int | None = None, stats: dict | N
     funcs = {} if tir is None else {gv.name_hint: (gv, f) for gv, f in tir.functions.items()}
     reuse = REUSE_FUNCTIONS and not any(vm_build._is_device_module(m) for m in ext_libs)
 
-    def build(names: list[str]):
-        return tvm.tirx.build(tvm.IRModule({funcs[k][0]: funcs[k][1] for k in names}, attrs=tir.attrs),
-                              target=target)
+    def build_all(groups: list[list[str]]) -> list:
+        """One LLVM module per group of function names, built on the pool."""
+        if not groups:
+            return []
+        with ThreadPoolExecutor(min(n, len(groups)), thread_name_prefix="npas-codegen") as pool:
+            return list(pool.map(lambda names: tvm.tirx.build(
+                tvm.IRModule({funcs[k][0]: funcs[k][1] for k in names}, attrs=tir.attrs), target=target), groups))
 
-    reused = 0
+    reused, lib, linked = 0, None, []
     if reuse:  # one module per function, each linked into the VM as an external library
         keys = {k: (k, tvm_ffi.structural_hash(f), str(target)) for k, (_, f) in funcs.items()}
         modules = {k: _cached(keys[k], funcs[k][1]) for k in sorted(funcs)}
         missing = [k for k, m in modules.items() if m is None]
         reused = len(modules) - len(missing)
-        if missing:
-            with ThreadPoolExecutor(min(n, len(missing)), thread_name_prefix="npas-codegen") as pool:
-                for k, m in zip(missing, pool.map(build, [[k] for k in missing]), strict=True):
-                    modules[k] = m
-                    _keep(keys[k], funcs[k][1], m)
-        lib, linked = None, list(modules.values())
-    else:
-        lib, linked = None, []
-        if funcs:
-            groups = function_groups(list(funcs), n * GROUPS_PER_WORKER)
-            with ThreadPoolExecutor(min(n, len(groups)), thread_name_prefix="npas-codegen") as pool:
-                libs = list(pool.map(build, groups))
+        for k, m in zip(missing, build_all([[k] for k in missing]), strict=True):
+            modules[k] = m
+            _keep(keys[k], funcs[k][1], m)
+        linked = list(modules.values())
+    else:  # a few groups imported into the first group's module, device code too (as relax.build does)
+        libs = build_all(function_groups(list(funcs), n * GROUPS_PER_WORKER))
+        if libs:
             lib = libs[0]
-            for other in libs[1:]:
+            for other in libs[1:] + [m for m in ext_libs if vm_build._is_device_module(m)]:
                 lib.import_module(other)
-        if lib is not None:  # external modules as relax.build links them: device code into the TIR library
-            for m in ext_libs:
-                if vm_build._is_device_module(m):
-                    lib.import_module(m)
     if stats is not None:
         stats.update(functions=len(funcs), reused=reused)
     host_ext = [m for m in ext_libs if not vm_build._is_device_module(m)]
