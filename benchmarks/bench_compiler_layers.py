@@ -1,5 +1,6 @@
-"""Layer level: the project's kernels in GFLOP/s against this machine's measured peak (torch sgemm
-2048^3 in the same process), default tile vs the tuned grid's best.
+"""Layer level: the project's kernels in GFLOP/s against this machine's measured peak (the cores'
+multiply-add throughput, ``_peak.py``, with torch's sgemm 2048^3 reported next to it; both in the
+same process), default tile vs the tuned grid's best.
 
     .venv/bin/python benchmarks/bench_compiler_layers.py --threads 2
 """
@@ -10,10 +11,10 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +23,9 @@ from npas_lightning.compiler.rewrite import TilePlanner, time_conv_tile
 from npas_lightning.compiler.targets import resolve_target
 from npas_lightning.compiler.threads import configure_threads
 from npas_lightning.compiler.tuning import TileCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peak import machine_peak  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "bench_compiler_layers.json"
 LAYERS = [  # name, kind, (n, c, h, w, f, k, stride, pad)
@@ -35,19 +39,6 @@ LAYERS = [  # name, kind, (n, c, h, w, f, k, stride, pad)
 ]
 
 
-def peak_gflops(threads: int) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * 2048**3 / best / 1e9
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
@@ -55,7 +46,8 @@ def main() -> None:
     spec = resolve_target("host", threads=args.threads)
 
     configure_threads(args.threads)
-    peak = peak_gflops(args.threads)
+    peaks = machine_peak(args.threads)
+    peak = peaks["fma"]
     rows = []
     for name, kind, shape in LAYERS:
         planner = TilePlanner(spec, tune=True, cache=TileCache(Path("/tmp") / f"npas-bench-tiles-{time.time_ns()}.json"))
@@ -94,9 +86,9 @@ def main() -> None:
         Console().print(row)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.processor() or platform.machine()} ({spec.target['mcpu']})",
-            "threads": args.threads, "peak_gflops_torch_sgemm": peak}
+            "threads": args.threads, "peak_gflops_fma": peak, "peak_gflops_torch_sgemm": peaks["torch_sgemm"]}
     OUT.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    t = Table(title=f"project kernels, {args.threads} threads, peak {peak:.0f} GFLOP/s (torch sgemm)")
+    t = Table(title=f"project kernels, {args.threads} threads, FMA peak {peak:.0f} GFLOP/s (torch sgemm {peaks['torch_sgemm']:.0f})")
     for col in ("layer", "default ms", "tuned ms", "GFLOP/s", "% peak"):
         t.add_column(col)
     for r in rows:
