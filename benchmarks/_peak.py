@@ -12,6 +12,11 @@ Two measurements, both on ``threads`` threads:
 The rooflines use ``fma`` (the best of a measurement before and after the benchmark, see
 :func:`best_peak`); ``torch_sgemm`` is reported next to it.
 
+:func:`machine_state` adds the bandwidth of a 64 MB copy: whole models at batch 1 move their feature
+maps through L3 and memory, and on a shared VM they ran up to 2x slower in minutes when neighbours
+loaded memory while the FMA peak did not move, so the whole-model benchmark records both before and
+after its timings.
+
 Example:
     >>> peak = machine_peak(2)            # doctest: +SKIP
     >>> sorted(peak)                      # doctest: +SKIP
@@ -98,6 +103,29 @@ def fma_peak_gflops(threads: int, target: str = "host", repeat: int = 9) -> floa
 def machine_peak(threads: int, target: str = "host") -> dict[str, float]:
     """``{"fma": ..., "torch_sgemm": ...}`` GFLOP/s on ``threads`` threads (see the module docstring)."""
     return {"fma": fma_peak_gflops(threads, target), "torch_sgemm": sgemm_gflops(threads)}
+
+
+def copy_bandwidth_gbs(threads: int, megabytes: int = 64) -> float:
+    """torch's copy of a ``megabytes`` float32 tensor on ``threads`` threads: best of 9, GB/s read +
+    written (beyond the L2 and L3 of a small VM: what memory and neighbours allow)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    n = megabytes * 2**20 // 4
+    src, dst = torch.randn(n), torch.empty(n)
+    for _ in range(3):
+        dst.copy_(src)
+    best = float("inf")
+    for _ in range(9):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n * 4 / best / 1e9
+
+
+def machine_state(threads: int, target: str = "host") -> dict[str, float]:
+    """``{"fma": GFLOP/s, "copy_gbs": GB/s}``: compute and memory of the moment (see the module docstring)."""
+    return {"fma": fma_peak_gflops(threads, target), "copy_gbs": copy_bandwidth_gbs(threads)}
 
 
 def best_peak(*peaks: dict[str, float]) -> dict[str, float]:

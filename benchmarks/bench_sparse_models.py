@@ -9,7 +9,9 @@ faster than our dense model and >= 2.4x faster than ONNX Runtime's dense model.
     .venv/bin/python benchmarks/bench_sparse_models.py --models efficientnet_b0 --size 64 --rates 5
     .venv/bin/python benchmarks/bench_sparse_models.py --balanced            # balanced block rows
 
-Results go to ``benchmarks/results/bench_sparse_models[_balanced][_<size> unless 224].json``.
+Results go to ``benchmarks/results/bench_sparse_models[_balanced][_<size> unless 224].json``, with
+the machine's FMA peak and 64 MB copy bandwidth before and after (``machine_before`` / ``_after``,
+``_peak.machine_state``): on a shared VM the models slow down when memory is busy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from npas_lightning.plan import NPASScheme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_tile_cache, write_results  # noqa: E402
+from _peak import machine_state  # noqa: E402
 
 MODELS = ["efficientnet_b0", "mobilenetv3_large_100"]
 
@@ -109,11 +112,13 @@ def main() -> None:
     args = p.parse_args()
     command = "python benchmarks/bench_sparse_models.py " + " ".join(sys.argv[1:])
     rows: list[dict] = []
+    before = machine_state(args.threads)
     for name in args.models:
         rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced)
-        name_suffix = ("_balanced" if args.balanced else "") + ("" if args.size == 224 else f"_{args.size}")
-        path = write_results("bench_sparse_models" + name_suffix, command,
-                             {"threads": args.threads, "rows": rows})
+    after = machine_state(args.threads)
+    name_suffix = ("_balanced" if args.balanced else "") + ("" if args.size == 224 else f"_{args.size}")
+    path = write_results("bench_sparse_models" + name_suffix, command,
+                         {"threads": args.threads, "rows": rows, "machine_before": before, "machine_after": after})
     table = Table(title=f"uniform block-structured pruning, batch 1 @{args.size}, {args.threads} threads")
     # "compile s": compile_model's own total_s (the issue's compile time); compile_s in the results file
     # is the wall time around the call, the numerics check against PyTorch included
@@ -127,6 +132,8 @@ def main() -> None:
                       f"{r['compile_breakdown']['total_s']:.1f}" if r.get("compile_breakdown") else "-",
                       f"{r['max_rel_err']:.1e}" if r.get("max_rel_err") is not None else "-")
     Console().print(table)
+    print(f"machine before / after: FMA peak {before['fma']:.0f} / {after['fma']:.0f} GFLOP/s, "
+          f"64 MB copy {before['copy_gbs']:.0f} / {after['copy_gbs']:.0f} GB/s")
     print(f"wrote {path}")
 
 
