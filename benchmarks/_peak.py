@@ -5,9 +5,9 @@ Two measurements, both on ``threads`` threads:
 - ``fma``: a TVM kernel of independent multiply-add chains held in vector registers (16 chains of
   one vector each per thread, no memory traffic in the loop), built for the compiler's own target:
   the most multiply-adds per second the cores can issue, whatever the vendor;
-- ``torch_sgemm``: torch's 2048^3 matrix product. On Intel CPUs it comes within about 10% of the
-  FMA peak; on AMD ones torch's BLAS runs a slower code path (on a 2-core AMD EPYC VM it reached
-  206 GFLOP/s where the FMA kernel reached 545), so a roofline over it would flatter every kernel.
+- ``torch_sgemm``: torch's 2048^3 matrix product, the peak the benchmarks used before. On a 2-core
+  AMD EPYC (Zen 5) VM it reached 205-230 GFLOP/s where the FMA kernel reached 515-550 (and the
+  project's own dense conv kernels about 470), so a roofline over it flattered every kernel.
 
 The rooflines use ``fma`` (the best of a measurement before and after the benchmark, see
 :func:`best_peak`); ``torch_sgemm`` is reported next to it.
