@@ -49,6 +49,9 @@ with the one compiled as usual:
   twice, plain and padded;
 - ``padding-rows``: block-sparse planes writers computing the padding rows above and below the image
   too (``rewrite.PLANES_OUTPUT_SKIPS_PADDING = False``; the planes limits then count them).
+- ``ragged-rows``: the functions between the kernels without their vectorised row prefixes
+  (``generic_schedule.VECTORIZE_RAGGED_ROWS = False``): rows 7, 14, 30, 57 or 114 wide run as TVM
+  leaves them, which LLVM vectorised with gathers and masks.
 
 ``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
 ``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.
@@ -137,16 +140,17 @@ def _activations_before():
 
 
 @contextlib.contextmanager
-def _rewrite_flag(name: str, value):
-    """Kernels built inside see ``npas_lightning.compiler.rewrite.<name> = value``."""
-    from npas_lightning.compiler import rewrite
+def _rewrite_flag(name: str, value, module: str = "rewrite"):
+    """Models built inside see ``npas_lightning.compiler.<module>.<name> = value``."""
+    import importlib
 
-    real = getattr(rewrite, name)
-    setattr(rewrite, name, value)
+    mod = importlib.import_module(f"npas_lightning.compiler.{module}")
+    real = getattr(mod, name)
+    setattr(mod, name, value)
     try:
         yield
     finally:
-        setattr(rewrite, name, real)
+        setattr(mod, name, real)
 
 
 def _input_size(shape: dict) -> int:
@@ -176,7 +180,9 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                               lambda: _rewrite_flag("KXK_PLANES_OUTPUT", False)),
                "residual-planes": ("residual adds reading their own tensor (stored twice: plain and padded)",
                                    lambda: _rewrite_flag("RESIDUAL_READS_PLANES", False)),
-               "activations": ("activations as before (Cephes exp, division by 6)", _activations_before)}
+               "activations": ("activations as before (Cephes exp, division by 6)", _activations_before),
+               "ragged-rows": ("rows no vector width divides left to LLVM (VECTORIZE_RAGGED_ROWS off)",
+                               lambda: _rewrite_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule"))}
 
 
 def _timing_input(buf, arg, rng: np.random.Generator, dev):

@@ -2,10 +2,12 @@
 
 Elementwise chains, padding/cropping, pooling, softmax and the SE block's reduce and gate: inline
 what can be inlined, then per block run one channel plane per parallel iteration and vectorise a
-row only when its width divides by a vector width (or the whole plane when every access is
-contiguous over it), so no div/mod gathers or predicated vectors are emitted. A producer feeding a
-pad / stride-phase copy is computed inside that copy's channel loop; reductions accumulate in
-vector lanes (rfactor) where the plane allows.
+row when its width divides by a vector width (or the whole plane when every access is contiguous
+over it), so no div/mod gathers or predicated vectors are emitted. A producer feeding a pad /
+stride-phase copy is computed inside that copy's channel loop; reductions accumulate in vector
+lanes (rfactor) where the plane allows. Last, a row that no vector width divides (7, 14, 30, 57,
+114 wide) runs its longest prefix of whole vectors vectorised and the rest scalar (a loop partition,
+:data:`VECTORIZE_RAGGED_ROWS`): LLVM vectorised such rows itself, with gathers and masks.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ import logging
 
 import numpy as np
 
-__all__ = ["schedule_generic", "schedule_module"]
+__all__ = ["VECTORIZE_RAGGED_ROWS", "partition_width", "schedule_generic", "schedule_module"]
 
 log = logging.getLogger(__name__)
+
+#: rows no vector width divides run a vectorised prefix and a scalar rest (:func:`_vectorize_ragged_rows`;
+#: ``bench_function_breakdown.py --compare ragged-rows`` times the models without it)
+VECTORIZE_RAGGED_ROWS = True
 
 
 def _extent(sch, loop) -> int | None:
@@ -112,6 +118,64 @@ def _vectorize_innermost(sch, loops, lanes: int) -> list:
     rest, vec = sch.split(loops[-1], [None, width])
     sch.vectorize(vec)
     return [*loops[:-1], rest]
+
+
+def _leaf_blocks(sch) -> list[str]:
+    """Names of the scheduled function's blocks that hold no other block."""
+    import tvm_ffi
+    from tvm.s_tir import SBlock
+
+    names: list[str] = []
+    tvm_ffi.structural_walk(sch.mod["main"].body, [(SBlock, lambda node: names.append(node.name_hint))],
+                            order="post")
+    return [n for n in names if not sch.get_child_blocks(sch.get_sblock(n))]
+
+
+def _vectorize_ragged_rows(sch, lanes: int) -> None:
+    """The last step: every spatial block whose innermost loop still runs serially over a row that
+    no vector width divides (14, 30, 57, 114: LLVM vectorised those with gathers and masks) runs a
+    prefix of whole vectors and the rest scalar (:func:`_partition_vectorize`)."""
+    from tvm.tirx import ForKind
+
+    for name in _leaf_blocks(sch):
+        block = sch.get_sblock(name)
+        if any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars):  # reductions have their own rule
+            continue
+        loops = sch.get_loops(block)
+        if not loops:
+            continue
+        loop, ext = sch.get(loops[-1]), _extent(sch, loops[-1])
+        if loop.kind != ForKind.SERIAL or ext is None or ext <= 4 or _vector_width(ext, lanes) is not None:
+            continue
+        if type(loop.body).__name__ != "SBlockRealize":  # more than this block in the loop
+            continue
+        try:
+            _partition_vectorize(sch, loops[-1], ext, lanes)
+        except Exception:  # noqa: BLE001 - a loop TVM cannot partition stays serial
+            log.debug("ragged row of %s left serial", name, exc_info=True)
+
+
+def partition_width(ext: int, lanes: int = 16) -> int | None:
+    """The vector width for a row of ``ext`` that no width divides: the one needing the fewest
+    vector plus scalar steps, wider on a tie (``None`` when the row is shorter than 4).
+
+    Example:
+        >>> [partition_width(e) for e in (14, 30, 57, 114, 3)]
+        [4, 8, 8, 16, None]
+    """
+    widths = [w for w in (lanes, 8, 4) if ext >= w]
+    return min(widths, key=lambda w: (ext // w + ext % w, -w)) if widths else None
+
+
+def _partition_vectorize(sch, loop, ext: int, lanes: int) -> None:
+    """Split ``loop`` into its longest prefix of whole vectors of :func:`partition_width`,
+    vectorised, and the scalar rest."""
+    w = partition_width(ext, lanes)
+    if w is None:
+        return
+    parts = sch.loop_partition(loop, [ext - ext % w, None])
+    _, vec = sch.split(parts[0], [None, w])
+    sch.vectorize(vec)
 
 
 def _contiguous_rows(stmt, outer_var, inner_var, inner_extent: int) -> bool:
@@ -285,6 +349,8 @@ def schedule_generic(func, lanes: int = 16):
             sch.decompose_reduction(block, r_loop)
         except Exception:  # noqa: BLE001 - a reduction without init stays as it is
             log.debug("decompose_reduction failed", exc_info=True)
+    if VECTORIZE_RAGGED_ROWS:
+        _vectorize_ragged_rows(sch, lanes)
     return sch.mod["main"]
 
 

@@ -7,7 +7,8 @@ import pytest
 import tvm
 from tvm import te, topi
 
-from npas_lightning.compiler.generic_schedule import schedule_generic
+from npas_lightning.compiler import generic_schedule
+from npas_lightning.compiler.generic_schedule import partition_width, schedule_generic
 from npas_lightning.compiler.targets import resolve_target
 
 TARGET = resolve_target("host", threads=2).tvm_target
@@ -56,12 +57,40 @@ def test_stride_phase_split_keeps_each_plane_computed_once():
     assert "T.parallel(8)" in script  # one channel per iteration, its four phases inside
 
 
-def test_odd_rows_are_not_vectorised_through_div_mod():
+def test_odd_rows_vectorise_a_prefix_not_through_div_mod():
+    """A 7-wide row: one vector of 4, then 3 scalars (a loop partition), no fused div/mod index."""
     x = te.placeholder((1, 24, 7, 7), name="x")
     b = te.placeholder((1, 24, 1, 1), name="b")
     script = _check([x, b], _silu(x, b))
-    assert "T.vectorized" not in script
+    assert "T.vectorized(4)" in script and "range(4, 7)" in script
+    assert "//" not in script and "%" not in script
     assert "T.parallel(24)" in script
+
+
+def test_ragged_rows_stay_serial_without_the_flag(monkeypatch):
+    monkeypatch.setattr(generic_schedule, "VECTORIZE_RAGGED_ROWS", False)
+    x = te.placeholder((1, 24, 7, 7), name="x")
+    b = te.placeholder((1, 24, 1, 1), name="b")
+    assert "T.vectorized" not in _check([x, b], _silu(x, b))
+
+
+def test_residual_add_into_padded_planes_vectorises_both_rows():
+    """The function between a split projection and the next block (mobilenetv3 @14): the two partial
+    sums' rows (stride 16) plus the residual read inside the padded input, then padded to 19x16
+    planes. The 14-wide add rows run as vectors of 4 with a scalar rest; the 16-wide pad rows as one
+    vector of 16."""
+    parts = te.placeholder((2, 1, 8, 14 * 16), name="parts")
+    res = te.placeholder((1, 8, 19, 16), name="res")
+    added = te.compute((1, 8, 14, 14), lambda n, c, h, w: parts[0, n, c, h * 16 + w] + parts[1, n, c, h * 16 + w]
+                       + res[n, c, h + 1, w + 1], name="T_add")
+    out = topi.nn.pad(added, [0, 0, 1, 1], [0, 0, 4, 1])
+    script = _check([parts, res], out)
+    assert "T.vectorized(4)" in script and "T.vectorized(16)" in script
+
+
+@pytest.mark.parametrize("ext,width", [(7, 4), (14, 4), (30, 8), (57, 8), (114, 16), (3, None)])
+def test_partition_width_needs_fewest_steps(ext, width):
+    assert partition_width(ext, 16) == width
 
 
 def test_even_rows_vectorise_the_row_loop():
@@ -90,8 +119,9 @@ def test_contiguous_plane_fuses_rows_to_vectorise():
 
 
 def test_strided_columns_are_not_fused():
-    """A crop (row stride 18, row width 14) is not contiguous over the plane: rows stay serial."""
+    """A crop (row stride 18, row width 14) is not contiguous over the plane: rows are not fused into
+    vectors of 16 over the plane; each row runs vectors of 4 and a scalar rest."""
     x = te.placeholder((1, 6, 14 * 18), name="x")
     out = te.compute((1, 6, 14, 14), lambda n, c, h, w: x[n, c, h * 18 + w] * 2.0, name="crop")
     script = _check([x], out)
-    assert "T.vectorized" not in script
+    assert "T.vectorized(16)" not in script and "T.vectorized(4)" in script
