@@ -49,6 +49,9 @@ with the one compiled as usual:
   twice, plain and padded;
 - ``padding-rows``: block-sparse planes writers computing the padding rows above and below the image
   too (``rewrite.PLANES_OUTPUT_SKIPS_PADDING = False``; the planes limits then count them).
+- ``serial-small``: the squeeze-excite FCs and the gates and activations on ``[1, C, 1, 1]`` tensors
+  launched in parallel like every other function (``generic_schedule.SERIAL_MAX_ELEMENTS = 0``,
+  ``dense_kernel.SERIAL_MAX_MACS = -1``) instead of running on the calling thread;
 - ``ragged-rows``: the functions between the kernels without their vectorised row prefixes
   (``generic_schedule.VECTORIZE_RAGGED_ROWS = False``): rows 7, 14, 30, 57 or 114 wide run as TVM
   leaves them, which LLVM vectorised with gathers and masks.
@@ -153,6 +156,13 @@ def _rewrite_flag(name: str, value, module: str = "rewrite"):
         setattr(mod, name, real)
 
 
+@contextlib.contextmanager
+def _parallel_tiny():
+    """Models built inside run every function in parallel, however little work it has."""
+    with _rewrite_flag("SERIAL_MAX_ELEMENTS", 0, "generic_schedule"), _rewrite_flag("SERIAL_MAX_MACS", -1, "dense_kernel"):
+        yield
+
+
 def _input_size(shape: dict) -> int:
     """A conv record's input height (a 1x1 conv writing planes records its rows as one long row)."""
     return shape["planes"][0] if shape.get("planes") and shape["kh"] == 1 else shape["h"]
@@ -182,7 +192,9 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                                    lambda: _rewrite_flag("RESIDUAL_READS_PLANES", False)),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before),
                "ragged-rows": ("rows no vector width divides left to LLVM (VECTORIZE_RAGGED_ROWS off)",
-                               lambda: _rewrite_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule"))}
+                               lambda: _rewrite_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
+               "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS and SERIAL_MAX_MACS 0)",
+                                _parallel_tiny)}
 
 
 def _timing_input(buf, arg, rng: np.random.Generator, dev):

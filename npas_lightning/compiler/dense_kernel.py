@@ -31,6 +31,17 @@ class DenseTile:
         return asdict(self)
 
 
+#: a matmul with at most this many multiply-adds runs on one thread: the squeeze-excite FCs of
+#: mobilenetv3 and efficientnet_b0 (72x24 ... 480x120, 5x fewer pruned) take 0.1-2 µs of work, less
+#: than a parallel launch costs (``bench_function_breakdown.py --compare serial-small``)
+SERIAL_MAX_MACS = 16384
+
+
+def runs_serial(macs: int) -> bool:
+    """Whether a matmul of ``macs`` multiply-adds skips the parallel launch (:data:`SERIAL_MAX_MACS`)."""
+    return macs <= SERIAL_MAX_MACS
+
+
 def pack_dense_weight(weight: np.ndarray, ft: int) -> np.ndarray:
     """[F, C] (nn.Linear layout) -> ``[ceil(F/ft), C, ft]``, zero filters pad the last block."""
     f, c = weight.shape
@@ -82,10 +93,11 @@ def dense_primfunc(n: int, c: int, f: int, tile: DenseTile, kept: np.ndarray | N
         args = [x, w, kc]
     y = te.compute((n, fn * ft), body, name="dense")
     func = te.create_prim_func([*args, y])
-    return _schedule_dense(func, tile, reduce_len=c if kept is None else k)
+    reduce_len = c if kept is None else k
+    return _schedule_dense(func, tile, reduce_len=reduce_len, serial=runs_serial(n * fn * ft * reduce_len))
 
 
-def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
+def _schedule_dense(func, tile: DenseTile, *, reduce_len: int, serial: bool = False):
     from tvm.s_tir import Schedule
 
     sch = Schedule(func)
@@ -97,7 +109,8 @@ def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
     ro, ri = sch.split(r, [None, cu])
     sch.reorder(jo, io, ro, ri, ii, ji)
     outer = sch.fuse(jo, io)
-    sch.parallel(outer)
+    if not serial:
+        sch.parallel(outer)
     cw = sch.cache_write(b, 0, STACK_SCOPE)
     sch.reverse_compute_at(cw, outer)
     sch.unroll(ri)
@@ -111,14 +124,15 @@ def _schedule_dense(func, tile: DenseTile, *, reduce_len: int):
 
 def _dense_counts_primfunc(n: int, c: int, tile: DenseTile, k: int, counts: np.ndarray):
     """:func:`_dense_counts_built`, memoised: equal layers share one function."""
-    return _dense_counts_built(n, c, tile, k, tuple(int(v) for v in counts))
+    return _dense_counts_built(n, c, tile, k, tuple(int(v) for v in counts),
+                               runs_serial(n * tile.ft * int(np.asarray(counts).sum())))
 
 
 @functools.lru_cache(maxsize=512)
-def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tuple[int, ...]):
+def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tuple[int, ...], serial: bool = False):
     """The block-sparse matmul with per-tile reduction lengths (TIR, built with TVM's IR builder):
-    parallel over (filter tile, batch tile), ``nt`` rows x ``ft`` filters of accumulators, the filter
-    axis vectorised."""
+    parallel over (filter tile, batch tile) unless ``serial`` (tiny work, :func:`runs_serial`), ``nt``
+    rows x ``ft`` filters of accumulators, the filter axis vectorised."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
@@ -136,7 +150,7 @@ def _dense_counts_built(n: int, c: int, tile: DenseTile, k: int, counts_key: tup
         kc = T.arg("Kc", T.buffer((fn, k), "int32"))
         y = T.arg("Y", T.buffer((n, fn * ft), "float32"))
         T.func_attr({"tirx.noalias": True})
-        with T.parallel(0, fn * nb) as t:
+        with (T.serial if serial else T.parallel)(0, fn * nb) as t:
             acc = accumulators(nt, ft)  # one row per batch row
             fb, i0 = t // nb, t % nb * nt
             for ii in range(nt):

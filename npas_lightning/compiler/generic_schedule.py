@@ -16,13 +16,19 @@ import logging
 
 import numpy as np
 
-__all__ = ["VECTORIZE_RAGGED_ROWS", "partition_width", "schedule_generic", "schedule_module"]
+__all__ = ["SERIAL_MAX_ELEMENTS", "VECTORIZE_RAGGED_ROWS", "partition_width", "schedule_generic",
+           "schedule_module"]
 
 log = logging.getLogger(__name__)
 
 #: rows no vector width divides run a vectorised prefix and a scalar rest (:func:`_vectorize_ragged_rows`;
 #: ``bench_function_breakdown.py --compare ragged-rows`` times the models without it)
 VECTORIZE_RAGGED_ROWS = True
+
+#: a block writing at most this many elements runs on one thread (the squeeze-excite gates and
+#: bias + activation passes on ``[1, C, 1, 1]`` tensors: less work than a parallel launch costs;
+#: ``bench_function_breakdown.py --compare serial-small``). 0: every block parallel
+SERIAL_MAX_ELEMENTS = 4096
 
 
 def _extent(sch, loop) -> int | None:
@@ -252,10 +258,19 @@ def _schedule_spatial(sch, block, loops, lanes: int, min_parallel: int = 8, oute
     outer = loops[:k]
     outer = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     ext = _extent(sch, outer)
-    if ext is None or ext > 1:
+    if ext is None or (ext > 1 and not _tiny(sch, block)):
         sch.parallel(outer)
         return outer
     return None
+
+
+def _tiny(sch, block) -> bool:
+    """Whether ``block`` writes at most :data:`SERIAL_MAX_ELEMENTS` elements (then it runs serially)."""
+    try:
+        size = int(np.prod([int(d) for d in sch.get(block).writes[0].source.shape]))
+    except (TypeError, ValueError, IndexError):
+        return False
+    return size <= SERIAL_MAX_ELEMENTS
 
 
 def _compute_at_plane(sch, block, consumer_loop, lanes: int) -> bool:

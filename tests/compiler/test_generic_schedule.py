@@ -15,6 +15,13 @@ TARGET = resolve_target("host", threads=2).tvm_target
 DEV = tvm.cpu()
 
 
+@pytest.fixture(autouse=True)
+def parallel_small_blocks(monkeypatch):
+    """The loop-structure tests use small tensors, which the rule would otherwise run serially
+    (``SERIAL_MAX_ELEMENTS``; its own tests set it back)."""
+    monkeypatch.setattr(generic_schedule, "SERIAL_MAX_ELEMENTS", 0)
+
+
 def _run(func, inputs, out_shape):
     lib = tvm.tirx.build(func.with_attr("global_symbol", "main"), target=TARGET)
     out = tvm.runtime.empty(out_shape, "float32", DEV)
@@ -125,3 +132,12 @@ def test_strided_columns_are_not_fused():
     out = te.compute((1, 6, 14, 14), lambda n, c, h, w: x[n, c, h * 18 + w] * 2.0, name="crop")
     script = _check([x], out)
     assert "T.vectorized(16)" not in script and "T.vectorized(4)" in script
+
+
+@pytest.mark.parametrize("channels,serial", [(72, True), (960, True), (8192, False)])
+def test_tiny_blocks_run_on_the_calling_thread(monkeypatch, channels, serial):
+    """A squeeze-excite gate on [1, C, 1, 1]: at most SERIAL_MAX_ELEMENTS outputs run serially."""
+    monkeypatch.setattr(generic_schedule, "SERIAL_MAX_ELEMENTS", 4096)
+    x = te.placeholder((1, channels, 1, 1), name="x")
+    b = te.placeholder((1, channels, 1, 1), name="b")
+    assert ("T.parallel" not in _check([x, b], _silu(x, b))) is serial

@@ -5,6 +5,7 @@ import pytest
 import torch
 import tvm
 
+from npas_lightning.compiler import dense_kernel
 from npas_lightning.compiler.conv_kernel import (
     ConvGeometry,
     ConvTile,
@@ -101,7 +102,8 @@ def test_block_sparse_conv_reads_only_kept_entries():
 
 
 @pytest.mark.parametrize("n,c,f,tile", [(1, 37, 19, DenseTile(16, 1, 1)), (1, 64, 100, DenseTile(32, 1, 4)),
-                                        (6, 40, 33, DenseTile(16, 2, 4)), (8, 24, 64, DenseTile(64, 8, 4))])
+                                        (6, 40, 33, DenseTile(16, 2, 4)), (8, 24, 64, DenseTile(64, 8, 4)),
+                                        (2, 256, 100, DenseTile(32, 2, 4))])  # the last one parallel
 def test_dense_matches_torch(n, c, f, tile):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((n, c)).astype("float32")
@@ -110,6 +112,20 @@ def test_dense_matches_torch(n, c, f, tile):
     y = tvm.runtime.empty((n, -(-f // tile.ft) * tile.ft), "float32", DEV)
     lib(tvm.runtime.tensor(x, DEV), tvm.runtime.tensor(pack_dense_weight(w, tile.ft), DEV), y)
     np.testing.assert_allclose(y.numpy()[:, :f], x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,c,f,parallel", [(1, 72, 24, False), (1, 480, 32, False), (1, 1024, 1000, True),
+                                            (2, 256, 100, True)])
+def test_dense_runs_tiny_matmuls_serially(n, c, f, parallel):
+    """At most SERIAL_MAX_MACS multiply-adds (padded filters included): no parallel launch."""
+    tile = DenseTile(16, 1, 4) if n == 1 else DenseTile(32, 2, 4)
+    assert ("T.parallel" in dense_primfunc(n, c, f, tile).script()) is parallel
+    rng = np.random.default_rng(5)
+    fn = -(-f // tile.ft)
+    k = c // 4
+    kept = np.stack([np.sort(rng.choice(c, k, replace=False)) for _ in range(fn)]).astype("int32")
+    sparse = dense_primfunc(n, c, f, tile, kept=kept, counts=np.full(fn, k))
+    assert ("T.parallel" in sparse.script()) is (n * fn * tile.ft * k > dense_kernel.SERIAL_MAX_MACS)
 
 
 def test_dense_rejects_batch_not_divisible_by_tile():
