@@ -143,7 +143,7 @@ def _activations_before():
 
 
 @contextlib.contextmanager
-def _rewrite_flag(name: str, value, module: str = "rewrite"):
+def _compiler_flag(name: str, value, module: str = "rewrite"):
     """Models built inside see ``npas_lightning.compiler.<module>.<name> = value``."""
     import importlib
 
@@ -159,7 +159,7 @@ def _rewrite_flag(name: str, value, module: str = "rewrite"):
 @contextlib.contextmanager
 def _parallel_tiny():
     """Models built inside run every function in parallel, however little work it has."""
-    with _rewrite_flag("SERIAL_MAX_ELEMENTS", 0, "generic_schedule"), _rewrite_flag("SERIAL_MAX_MACS", -1, "dense_kernel"):
+    with _compiler_flag("SERIAL_MAX_ELEMENTS", 0, "generic_schedule"), _compiler_flag("SERIAL_MAX_MACS", -1, "dense_kernel"):
         yield
 
 
@@ -180,19 +180,19 @@ def _planes_positions(record) -> int:
 #: --compare keys: (label, context manager building the model that way)
 COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "split": ("no split reductions (every 1x1 conv split by filters)",
-                         lambda: _rewrite_flag("SPLIT_REDUCTION", False)),
+                         lambda: _compiler_flag("SPLIT_REDUCTION", False)),
                "partials": ("split convs adding their parts in a second pass",
-                            lambda: _rewrite_flag("SPLIT_PARTIALS", False)),
+                            lambda: _compiler_flag("SPLIT_PARTIALS", False)),
                "planes": ("no planes output (planes limits 0)", lambda: _planes_limit(0.0)),
                "padding-rows": ("planes writers computing the padding rows too (PLANES_OUTPUT_SKIPS_PADDING off)",
-                                lambda: _rewrite_flag("PLANES_OUTPUT_SKIPS_PADDING", False)),
+                                lambda: _compiler_flag("PLANES_OUTPUT_SKIPS_PADDING", False)),
                "kxk-planes": ("no kxk conv writing planes (the stem's output cropped, then padded)",
-                              lambda: _rewrite_flag("KXK_PLANES_OUTPUT", False)),
+                              lambda: _compiler_flag("KXK_PLANES_OUTPUT", False)),
                "residual-planes": ("residual adds reading their own tensor (stored twice: plain and padded)",
-                                   lambda: _rewrite_flag("RESIDUAL_READS_PLANES", False)),
+                                   lambda: _compiler_flag("RESIDUAL_READS_PLANES", False)),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before),
                "ragged-rows": ("rows no vector width divides left to LLVM (VECTORIZE_RAGGED_ROWS off)",
-                               lambda: _rewrite_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
+                               lambda: _compiler_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
                "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS and SERIAL_MAX_MACS 0)",
                                 _parallel_tiny)}
 
