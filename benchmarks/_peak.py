@@ -13,9 +13,9 @@ The rooflines use ``fma`` (the best of a measurement before and after the benchm
 :func:`best_peak`); ``torch_sgemm`` is reported next to it.
 
 :func:`machine_state` adds the bandwidth of a 64 MB copy: whole models at batch 1 move their feature
-maps through L3 and memory, and on a shared VM they ran up to 2x slower in minutes when neighbours
-loaded memory while the FMA peak did not move, so the whole-model benchmark records both before and
-after its timings.
+maps through L3 and memory. On the shared AMD VM they ran up to 2x slower in some minutes, in some of
+them while the FMA peak did not move, so the whole-model benchmark records both before and after
+its timings.
 
 Example:
     >>> peak = machine_peak(2)            # doctest: +SKIP
@@ -107,7 +107,7 @@ def machine_peak(threads: int, target: str = "host") -> dict[str, float]:
 
 def copy_bandwidth_gbs(threads: int, megabytes: int = 64) -> float:
     """torch's copy of a ``megabytes`` float32 tensor on ``threads`` threads: best of 9, GB/s read +
-    written (beyond the L2 and L3 of a small VM: what memory and neighbours allow)."""
+    written (a buffer larger than the L2 and L3 of a small VM)."""
     import torch
 
     torch.set_num_threads(threads)

@@ -193,7 +193,7 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "activations": ("activations as before (Cephes exp, division by 6)", _activations_before),
                "ragged-rows": ("rows no vector width divides left to LLVM (VECTORIZE_RAGGED_ROWS off)",
                                lambda: _compiler_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
-               "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS and SERIAL_MAX_MACS 0)",
+               "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS 0, SERIAL_MAX_MACS -1)",
                                 _parallel_tiny)}
 
 

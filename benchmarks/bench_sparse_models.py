@@ -11,7 +11,7 @@ faster than our dense model and >= 2.4x faster than ONNX Runtime's dense model.
 
 Results go to ``benchmarks/results/bench_sparse_models[_balanced][_<size> unless 224].json``, with
 the machine's FMA peak and 64 MB copy bandwidth before and after (``machine_before`` / ``_after``,
-``_peak.machine_state``): on a shared VM the models slow down when memory is busy.
+``_peak.machine_state``): on a shared VM the models ran up to 2x slower in some minutes.
 """
 
 from __future__ import annotations

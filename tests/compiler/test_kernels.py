@@ -114,18 +114,21 @@ def test_dense_matches_torch(n, c, f, tile):
     np.testing.assert_allclose(y.numpy()[:, :f], x @ w.T, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("n,c,f,parallel", [(1, 72, 24, False), (1, 480, 32, False), (1, 1024, 1000, True),
-                                            (2, 256, 100, True)])
-def test_dense_runs_tiny_matmuls_serially(n, c, f, parallel):
-    """At most SERIAL_MAX_MACS multiply-adds (padded filters included): no parallel launch."""
+# multiply-adds (padded filters included) dense / with a quarter of the channels kept:
+# 72x24: 2304 / 576; 480x32: 15360 / 3840; 1024x1000: 1032192 / 258048; batch 2, 256x100: 65536 / 16384
+@pytest.mark.parametrize("n,c,f,dense_parallel,sparse_parallel", [
+    (1, 72, 24, False, False), (1, 480, 32, False, False), (1, 1024, 1000, True, True), (2, 256, 100, True, False)])
+def test_dense_runs_tiny_matmuls_serially(n, c, f, dense_parallel, sparse_parallel):
+    """At most SERIAL_MAX_MACS (16384) multiply-adds: no parallel launch."""
+    assert dense_kernel.SERIAL_MAX_MACS == 16384
     tile = DenseTile(16, 1, 4) if n == 1 else DenseTile(32, 2, 4)
-    assert ("T.parallel" in dense_primfunc(n, c, f, tile).script()) is parallel
+    assert ("T.parallel" in dense_primfunc(n, c, f, tile).script()) is dense_parallel
     rng = np.random.default_rng(5)
     fn = -(-f // tile.ft)
     k = c // 4
     kept = np.stack([np.sort(rng.choice(c, k, replace=False)) for _ in range(fn)]).astype("int32")
     sparse = dense_primfunc(n, c, f, tile, kept=kept, counts=np.full(fn, k))
-    assert ("T.parallel" in sparse.script()) is (n * fn * tile.ft * k > dense_kernel.SERIAL_MAX_MACS)
+    assert ("T.parallel" in sparse.script()) is sparse_parallel
 
 
 def test_dense_rejects_batch_not_divisible_by_tile():
