@@ -55,6 +55,9 @@ with the one compiled as usual:
 - ``ragged-rows``: the functions between the kernels without their vectorised row prefixes
   (``generic_schedule.VECTORIZE_RAGGED_ROWS = False``): rows 7, 14, 30, 57 or 114 wide run as TVM
   leaves them, which LLVM vectorised with gathers and masks.
+- ``stored-epilogue``: the block-sparse, channel-blocked and per-pattern kernels storing their raw
+  sums and re-reading the tile for the bias and activation (``conv_kernel.EPILOGUE_IN_REGISTERS =
+  False``) instead of applying them to the accumulators as they store them.
 
 ``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
 ``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.
@@ -194,7 +197,10 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "ragged-rows": ("rows no vector width divides left to LLVM (VECTORIZE_RAGGED_ROWS off)",
                                lambda: _compiler_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
                "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS 0, SERIAL_MAX_MACS -1)",
-                                _parallel_tiny)}
+                                _parallel_tiny),
+               "stored-epilogue": ("sparse kernels storing raw sums, then re-reading them for the epilogue "
+                                   "(EPILOGUE_IN_REGISTERS off)",
+                                   lambda: _compiler_flag("EPILOGUE_IN_REGISTERS", False, "conv_kernel"))}
 
 
 def _timing_input(buf, arg, rng: np.random.Generator, dev):

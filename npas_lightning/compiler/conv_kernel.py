@@ -273,7 +273,8 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         chan, shift = g.gather_indices(kept)
         if cblock is not None:
             starts = channel_starts(chan, counts, cblock, g.c)
-            return (_conv_blocked_built(g, tile, kept.shape[1], fn, starts.shape[1] - 1, epilogue, masked),
+            return (_conv_blocked_built(g, tile, kept.shape[1], fn, starts.shape[1] - 1, epilogue, masked,
+                                        EPILOGUE_IN_REGISTERS),
                     (chan, shift, starts))
         return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate, masked, live), (chan, shift)
     x = te.placeholder((g.n, g.c, g.x_len), name="X")
@@ -342,7 +343,7 @@ def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.nd
     """:func:`_conv_counts_built`, memoised: layers of the same shape and balanced structure build the
     same function."""
     return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate, masked,
-                              None if live is None else tuple(bool(v) for v in live))
+                              None if live is None else tuple(bool(v) for v in live), EPILOGUE_IN_REGISTERS)
 
 
 def _gated_weights(w, gx, channel):
@@ -410,6 +411,35 @@ def accumulators(rows: int, length: int) -> list:
     return [T.alloc_buffer((length,), "float32", scope=STACK_SCOPE) for _ in range(rows)]
 
 
+#: the IR-builder kernels (block-sparse, channel-blocked, per-pattern) apply their bias and activation
+#: to the accumulators as they store them, the activation's code unrolled over the register tile;
+#: False: they store the raw sums, then re-read the tile in a loop over its filters
+#: (:func:`store_epilogue`: one copy of the code, one more store and load per vector). Block-sparse
+#: expand convs with an activation @112-@28 at 5x took 0.71-0.89x the time in registers
+#: (``bench_function_breakdown.py --compare stored-epilogue`` for whole models)
+EPILOGUE_IN_REGISTERS = True
+
+
+def store_tile(y, acc: list, tile: ConvTile, n, f0, m0, epilogue: str | None = None, bias=None, mask=None,
+               in_registers: bool = True) -> None:
+    """IR builder: store a register tile ``acc`` (one buffer per filter row) at ``y[n, f0 + fi, m0 + i]``;
+    with ``epilogue``, ``act(sum + bias[f0 + fi])`` (times ``mask[m0 + i]`` when given), computed on
+    the accumulators (``in_registers``) or by :func:`store_epilogue` after the raw store."""
+    from tvm.tirx.script import builder as T
+
+    from .epilogue import activation_expr
+
+    fused = epilogue is not None and in_registers
+    for fi, i in register_tile(tile):
+        v = acc[fi][i]
+        if fused:
+            v = activation_expr(epilogue, v + bias[f0 + fi])
+            v = v if mask is None else v * mask[m0 + i]
+        T.buffer_store(y, v, [n, f0 + fi, m0 + i])
+    if epilogue is not None and not fused:
+        store_epilogue(y, bias, epilogue, tile, n, f0, m0, mask)
+
+
 def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None) -> None:
     """IR builder: ``y[n, f0 + fi, m0 + i] = act(y[...] + bias[f0 + fi])`` (times ``mask[m0 + i]``
     when given) over a stored register tile, re-read in a loop over its filters, so the activation's
@@ -426,7 +456,7 @@ def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None)
 @functools.lru_cache(maxsize=512)
 def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
                        epilogue: str | None = None, gate: bool = False, masked: bool = False,
-                       live: tuple[bool, ...] | None = None):
+                       live: tuple[bool, ...] | None = None, in_registers: bool = True):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers.
@@ -474,10 +504,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                         for fi, i in register_tile(tile):
                             weight = wg[rk, fi] if gate else w[fb, rk, fi]
                             T.buffer_store(acc[fi], acc[fi][i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                    for fi, i in register_tile(tile):
-                        T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
-                    if epilogue:
-                        store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0, mask)
+                    store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers)
 
                 if live is None:
                     tile_sums()
@@ -562,7 +589,7 @@ def channel_starts(chan: np.ndarray, counts: np.ndarray, cblock: int, channels: 
 
 @functools.lru_cache(maxsize=256)
 def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks: int, epilogue: str | None = None,
-                        masked: bool = False):
+                        masked: bool = False, in_registers: bool = True):
     """The block-sparse conv over channel blocks (``conv_primfunc(..., cblock=...)``): parallel over
     (image, pixel chunk); per channel block, every filter tile adds the block's entries
     (``S[fb, cb]`` to ``S[fb, cb+1]``) to its ``Y`` tile, the last block applying the epilogue."""
@@ -593,11 +620,14 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
                 with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
                     for fi, i in register_tile(tile):
                         T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                for fi, i in register_tile(tile):
-                    T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
-                if epilogue:
-                    with T.If(cb == blocks - 1), T.Then():
-                        store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0, mask)
+                if epilogue:  # applied by the last block
+                    with T.If(cb == blocks - 1):
+                        with T.Then():
+                            store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers)
+                        with T.Else():
+                            store_tile(y, acc, tile, n, fb * ft, m0)
+                else:
+                    store_tile(y, acc, tile, n, fb * ft, m0)
     return ib.get()
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import conv_kernel
 from .conv_kernel import (
     STACK_SCOPE,
     ConvGeometry,
@@ -40,7 +41,7 @@ from .conv_kernel import (
     accumulators,
     pixel_outer,
     register_tile,
-    store_epilogue,
+    store_tile,
 )
 from .sparse_pack import reorder_rows
 
@@ -230,12 +231,12 @@ def pattern_primfunc(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int,
     if cblock is not None and (isinstance(cblock, bool) or not isinstance(cblock, (int, np.integer)) or cblock < 1):
         raise ValueError(f"cblock={cblock!r}: expected an integer >= 1 (input channels per block) or None")
     blocks = 1 if cblock is None else -(-g.c // min(int(cblock), g.c))
-    return _pattern_built(g, tile, pats, int(k), epilogue, blocks)
+    return _pattern_built(g, tile, pats, int(k), epilogue, blocks, conv_kernel.EPILOGUE_IN_REGISTERS)
 
 
 @functools.lru_cache(maxsize=256)
 def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, ...], ...], k: int,
-                   epilogue: str | None, blocks: int):
+                   epilogue: str | None, blocks: int, in_registers: bool = True):
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
@@ -277,13 +278,14 @@ def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, .
                         for s, tap in enumerate(taps):
                             total = total + w[fb, e, s, fi] * x[n, kc[fb, e], m0 + offs[tap] + i]
                         T.buffer_store(acc[fi], total, [i])
-            for fi, i in register_tile(tile):
-                T.buffer_store(y, acc[fi][i], [n, fb * ft + fi, m0 + i])
-            if epilogue and cb is None:
-                store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0)
-            elif epilogue:  # after the last channel block
-                with T.If(cb == blocks - 1), T.Then():
-                    store_epilogue(y, bias, epilogue, tile, n, fb * ft, m0)
+            if epilogue and cb is not None:  # applied after the last channel block
+                with T.If(cb == blocks - 1):
+                    with T.Then():
+                        store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers)
+                    with T.Else():
+                        store_tile(y, acc, tile, n, fb * ft, m0)
+            else:
+                store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers)
 
         if blocks > 1:
             with T.parallel(0, g.n * chunks) as it, T.serial(0, blocks) as cb, T.serial(0, fn) as fb:

@@ -116,6 +116,52 @@ def test_kernel_epilogue_matches_reference(kind, act):
     np.testing.assert_allclose(nchw_from_planes(out, g), apply_epilogue(ref, bias, act), rtol=1e-5, atol=1e-5)
 
 
+def _rewrites_its_output(func) -> bool:
+    """Whether a kernel stores into its output ``Y`` a value read from ``Y`` (a tile re-read for the
+    epilogue; the channel-blocked kernel's reload of its partial sums goes to the accumulators)."""
+    return any("Y[" in rhs for lhs, _, rhs in (line.strip().partition(" = ") for line in func.script().splitlines())
+               if lhs.startswith("Y["))
+
+
+@pytest.mark.parametrize("in_registers", [True, False])
+@pytest.mark.parametrize("kind", ["sparse_conv", "channel_blocked", "pattern"])
+def test_ir_builder_kernels_apply_the_epilogue_on_the_accumulators_or_after_the_store(monkeypatch, kind,
+                                                                                      in_registers):
+    """``EPILOGUE_IN_REGISTERS`` picks where the block-sparse, channel-blocked and per-pattern kernels
+    compute bias + SiLU: same outputs, and only the stored-then-re-read form rewrites its output (the
+    memoised builds are keyed by it, so flipping it rebuilds)."""
+    from npas_lightning.compiler import conv_kernel
+    from npas_lightning.compiler.pattern_kernel import pack_pattern, pattern_primfunc
+    from npas_lightning.schemes import get_scheme
+
+    monkeypatch.setattr(conv_kernel, "EPILOGUE_IN_REGISTERS", in_registers)
+    rng = np.random.default_rng(1)
+    c, f = 16, 16
+    g = ConvGeometry.make(1, c, 9, 9, f, (3, 3), 1, (1, 1, 1, 1), pixels=16)
+    tile = ConvTile(8, 1, 16)
+    w = torch.randn(f, c, 3, 3, generator=torch.Generator().manual_seed(1))
+    w = (w * get_scheme("pattern")(w, 2.25)).numpy() if kind == "pattern" else \
+        w.numpy() * (rng.random((f, c, 3, 3)) < 0.4)
+    bias = (rng.standard_normal(f) * 3).astype("float32")
+    order = None
+    if kind == "pattern":
+        pk = pack_pattern(w, tile.ft)
+        func = pattern_primfunc(g, tile, pk.patterns, pk.k, epilogue="silu")
+        weights, order = [pk.weights, pk.channels, pk.starts], pk.order
+    else:
+        pk = pack_sparse_rows(w.reshape(f, -1), 8)
+        func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue="silu",
+                                      cblock=8 if kind == "channel_blocked" else None)
+        weights, order = [pk.packed, *buffers], pk.order
+    assert _rewrites_its_output(func) is not in_registers
+    slots = weights[0].shape[0] * tile.ft
+    x = (rng.standard_normal((1, c, 9, 9)) * 3).astype("float32")
+    out = _run(func, TARGET, [planes_from_nchw(x, g), *weights, kernel_bias(bias, slots, order)], (1, slots, g.mp))
+    out = out[:, :f] if order is None else out[:, :f][:, np.argsort(order)]
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    np.testing.assert_allclose(nchw_from_planes(out, g), apply_epilogue(ref, bias, "silu"), rtol=1e-5, atol=1e-5)
+
+
 def test_kernels_without_epilogue_keep_their_arguments():
     g = ConvGeometry.make(1, 8, 6, 6, 8, (3, 3), 1, (1, 1, 1, 1), pixels=16)
     pk = pack_sparse_rows(np.ones((8, 72), "float32"), 8)
