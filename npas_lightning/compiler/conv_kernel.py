@@ -414,17 +414,19 @@ def accumulators(rows: int, length: int) -> list:
 #: the IR-builder kernels (block-sparse, channel-blocked, per-pattern) apply their bias and activation
 #: to the accumulators as they store them, the activation's code unrolled over the register tile;
 #: False: they store the raw sums, then re-read the tile in a loop over its filters
-#: (:func:`store_epilogue`: one copy of the code, one more store and load per vector). Block-sparse
+#: (:func:`store_epilogue`: one copy of the code, one more store and load per vector). In registers,
+#: the accumulators start from the bias (:func:`start_tile`), one add less per vector. Block-sparse
 #: expand convs with an activation @112-@28 at 5x took 0.71-0.89x the time in registers
 #: (``bench_function_breakdown.py --compare stored-epilogue`` for whole models)
 EPILOGUE_IN_REGISTERS = True
 
 
 def store_tile(y, acc: list, tile: ConvTile, n, f0, m0, epilogue: str | None = None, bias=None, mask=None,
-               in_registers: bool = True) -> None:
+               in_registers: bool = True, biased: bool = False) -> None:
     """IR builder: store a register tile ``acc`` (one buffer per filter row) at ``y[n, f0 + fi, m0 + i]``;
     with ``epilogue``, ``act(sum + bias[f0 + fi])`` (times ``mask[m0 + i]`` when given), computed on
-    the accumulators (``in_registers``) or by :func:`store_epilogue` after the raw store."""
+    the accumulators (``in_registers``; ``biased``: they started from the bias, :func:`start_tile`)
+    or by :func:`store_epilogue` after the raw store."""
     from tvm.tirx.script import builder as T
 
     from .epilogue import activation_expr
@@ -433,11 +435,21 @@ def store_tile(y, acc: list, tile: ConvTile, n, f0, m0, epilogue: str | None = N
     for fi, i in register_tile(tile):
         v = acc[fi][i]
         if fused:
-            v = activation_expr(epilogue, v + bias[f0 + fi])
+            v = activation_expr(epilogue, v if biased else v + bias[f0 + fi])
             v = v if mask is None else v * mask[m0 + i]
         T.buffer_store(y, v, [n, f0 + fi, m0 + i])
     if epilogue is not None and not fused:
         store_epilogue(y, bias, epilogue, tile, n, f0, m0, mask)
+
+
+def start_tile(acc: list, tile: ConvTile, f0=None, bias=None) -> None:
+    """IR builder: set a register tile's accumulators to 0, or to ``bias[f0 + fi]`` per filter row
+    (the epilogue then adds no bias: :func:`store_tile` with ``biased=True``)."""
+    from tvm import tirx
+    from tvm.tirx.script import builder as T
+
+    for fi, i in register_tile(tile):
+        T.buffer_store(acc[fi], tirx.const(0, "float32") if bias is None else bias[f0 + fi], [i])
 
 
 def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None) -> None:
@@ -492,8 +504,8 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
 
                 def tile_sums():
                     acc = accumulators(ft, px)
-                    for fi, i in register_tile(tile):
-                        T.buffer_store(acc[fi], tirx.const(0, "float32"), [i])
+                    biased = bool(epilogue) and in_registers  # the tile starts from the bias
+                    start_tile(acc, tile, fb * ft, bias if biased else None)
                     cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
                     T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
                     if gate:  # scale the tile's weights once (at each new filter tile)
@@ -504,7 +516,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                         for fi, i in register_tile(tile):
                             weight = wg[rk, fi] if gate else w[fb, rk, fi]
                             T.buffer_store(acc[fi], acc[fi][i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                    store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers)
+                    store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
 
                 if live is None:
                     tile_sums()
@@ -593,7 +605,6 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
     """The block-sparse conv over channel blocks (``conv_primfunc(..., cblock=...)``): parallel over
     (image, pixel chunk); per channel block, every filter tile adds the block's entries
     (``S[fb, cb]`` to ``S[fb, cb+1]``) to its ``Y`` tile, the last block applying the epilogue."""
-    from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
 
@@ -610,10 +621,10 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
             n, m0 = t // chunks, (t % chunks) * px
             with T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
                 acc = accumulators(ft, px)
-                with T.If(cb == 0):  # the first block starts from 0, the others from Y (a branch: a
-                    with T.Then():   # select would load Y on the first block too)
-                        for fi, i in register_tile(tile):
-                            T.buffer_store(acc[fi], tirx.const(0, "float32"), [i])
+                biased = bool(epilogue) and in_registers  # the tile starts from the bias
+                with T.If(cb == 0):  # the first block starts from 0 (or the bias), the others from Y
+                    with T.Then():   # (a branch: a select would load Y on the first block too)
+                        start_tile(acc, tile, fb * ft, bias if biased else None)
                     with T.Else():
                         for fi, i in register_tile(tile):
                             T.buffer_store(acc[fi], y[n, fb * ft + fi, m0 + i], [i])
@@ -623,7 +634,7 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
                 if epilogue:  # applied by the last block
                     with T.If(cb == blocks - 1):
                         with T.Then():
-                            store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers)
+                            store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
                         with T.Else():
                             store_tile(y, acc, tile, n, fb * ft, m0)
                 else:

@@ -261,8 +261,9 @@ def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, .
         def tile_body(n, fb, m0, cb):
             """Filter tile ``fb`` at pixels ``m0...``: add channel block ``cb``'s part (``None``: all)."""
             acc = accumulators(ft, px)
+            biased = bool(epilogue) and in_registers  # the tile starts from the bias
             for fi, i in register_tile(tile):
-                first = tirx.const(0, "float32")
+                first = bias[fb * ft + fi] if biased else tirx.const(0, "float32")
                 if cb is not None:  # later blocks continue from the stored partial sums
                     first = tirx.Select(cb == 0, first, y[n, fb * ft + fi, m0 + i])
                 T.buffer_store(acc[fi], first, [i])
@@ -281,11 +282,12 @@ def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, .
             if epilogue and cb is not None:  # applied after the last channel block
                 with T.If(cb == blocks - 1):
                     with T.Then():
-                        store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers)
+                        store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers,
+                                   biased=biased)
                     with T.Else():
                         store_tile(y, acc, tile, n, fb * ft, m0)
             else:
-                store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers)
+                store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers, biased=biased)
 
         if blocks > 1:
             with T.parallel(0, g.n * chunks) as it, T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
