@@ -55,6 +55,9 @@ with the one compiled as usual:
 - ``ragged-rows``: the functions between the kernels without their vectorised row prefixes
   (``generic_schedule.VECTORIZE_RAGGED_ROWS = False``): rows 7, 14, 30, 57 or 114 wide run as TVM
   leaves them, which LLVM vectorised with gathers and masks.
+- ``phases``: block-sparse 1x1 convs writing a sparse stride-2 depthwise conv's phase planes compute
+  every phase (``rewrite.PLANES_OUTPUT_SKIPS_PHASES = False``) instead of only the phases that conv
+  reads in each filter tile's channels.
 - ``stored-epilogue``: the block-sparse, channel-blocked and per-pattern kernels storing their raw
   sums and re-reading the tile for the bias and activation (``conv_kernel.EPILOGUE_IN_REGISTERS =
   False``) instead of applying them to the accumulators as they store them.
@@ -173,7 +176,8 @@ def _input_size(shape: dict) -> int:
 
 def _planes_positions(record) -> int:
     """Plane positions a conv writing a depthwise conv's planes computes: every one, or the chunks that
-    hold image positions (``shape["live"]`` of them, ``rewrite.PLANES_OUTPUT_SKIPS_PADDING``)."""
+    hold image positions (``rewrite.PLANES_OUTPUT_SKIPS_PADDING``) of the stride phases the depthwise
+    conv reads (``rewrite.PLANES_OUTPUT_SKIPS_PHASES``): ``shape["live"]`` chunks per filter tile."""
     live = record.shape.get("live")
     if live is None:
         return len(record.mask)
@@ -198,6 +202,8 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                                lambda: _compiler_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
                "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS 0, SERIAL_MAX_MACS -1)",
                                 _parallel_tiny),
+               "phases": ("planes writers computing every stride phase (PLANES_OUTPUT_SKIPS_PHASES off)",
+                          lambda: _compiler_flag("PLANES_OUTPUT_SKIPS_PHASES", False)),
                "stored-epilogue": ("sparse kernels storing raw sums, then re-reading them for the epilogue "
                                    "(EPILOGUE_IN_REGISTERS off)",
                                    lambda: _compiler_flag("EPILOGUE_IN_REGISTERS", False, "conv_kernel"))}

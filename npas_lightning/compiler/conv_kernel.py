@@ -46,6 +46,8 @@ __all__ = [
     "live_chunks",
     "pack_conv_weight",
     "pack_depthwise_weight",
+    "phase_bits",
+    "phase_chunks",
     "planes_from_nchw",
     "plane_mask",
     "nchw_from_planes",
@@ -195,7 +197,7 @@ def pack_depthwise_weight(weight: np.ndarray) -> np.ndarray:
 def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None,
                   counts: np.ndarray | None = None, epilogue: str | None = None, gate: bool = False,
                   masked: bool = False, cblock: int | None = None, split: int = 1, partials: bool = False,
-                  live: Sequence[bool] | None = None):
+                  live: Sequence[bool] | None = None, phases: tuple[int, Sequence[int]] | None = None):
     """Scheduled PrimFunc ``(X[N,C,P*L], W[Fn,R,ft], Y[N,Fn*ft,Mp])``.
 
     ``kept`` (optional, ``[Fn, K]`` int32 reduction indices ``(c*KH + kh)*KW + kw`` per filter
@@ -238,9 +240,25 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     the others: a conv writing the next conv's planes skips the chunks of padding rows above and
     below the image (of each stride phase), whose mask is 0 anyway (the caller makes sure of that;
     :func:`live_chunks`).
+
+    ``phases`` (with ``live``'s conditions) ``(plane, bits)``: the output is the stride-phase planes of
+    a stride-``s`` depthwise conv, phase ``p`` at positions ``[p * plane, (p + 1) * plane)``, and
+    ``bits[fb]`` (one int per filter tile) flags the phases that conv reads in the channels of tile
+    ``fb`` (its kept kernel positions, :func:`phase_bits`): a pixel chunk with no flagged phase is
+    neither computed nor stored, as nothing reads it.
     """
     from tvm import te
 
+    if phases is not None:
+        plane, bits = phases
+        fn_tiles = -(-g.f // tile.ft)
+        if (not masked or counts is None or cblock is not None or split != 1 or gate
+                or isinstance(plane, bool) or not isinstance(plane, (int, np.integer)) or plane < 1
+                or len(bits) != fn_tiles or any(int(b) < 0 for b in bits)):
+            raise ValueError(f"phases=({plane!r}, {len(bits)} masks): expected (plane length >= 1, one "
+                             f"non-negative phase mask per filter tile = {fn_tiles}) on a masked block-sparse "
+                             "kernel with counts=..., no cblock, split or gate")
+        phases = (int(plane), tuple(int(b) for b in bits))
     if live is not None:
         chunks = g.mp // tile.pixels
         flags = np.asarray(live)
@@ -276,7 +294,8 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
             return (_conv_blocked_built(g, tile, kept.shape[1], fn, starts.shape[1] - 1, epilogue, masked,
                                         EPILOGUE_IN_REGISTERS),
                     (chan, shift, starts))
-        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate, masked, live), (chan, shift)
+        return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate, masked, live, phases), \
+            (chan, shift)
     x = te.placeholder((g.n, g.c, g.x_len), name="X")
     gx = te.placeholder((g.n, g.c), name="G") if gate else None
     s, L, wq = g.stride, g.plane, g.wq
@@ -339,11 +358,13 @@ def const_table(index, values: np.ndarray):
 
 
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None,
-                          gate: bool = False, masked: bool = False, live: Sequence[bool] | None = None):
+                          gate: bool = False, masked: bool = False, live: Sequence[bool] | None = None,
+                          phases: tuple[int, tuple[int, ...]] | None = None):
     """:func:`_conv_counts_built`, memoised: layers of the same shape and balanced structure build the
     same function."""
     return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate, masked,
-                              None if live is None else tuple(bool(v) for v in live), EPILOGUE_IN_REGISTERS)
+                              None if live is None else tuple(bool(v) for v in live), EPILOGUE_IN_REGISTERS,
+                              phases)
 
 
 def _gated_weights(w, gx, channel):
@@ -468,7 +489,8 @@ def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None)
 @functools.lru_cache(maxsize=512)
 def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
                        epilogue: str | None = None, gate: bool = False, masked: bool = False,
-                       live: tuple[bool, ...] | None = None, in_registers: bool = True):
+                       live: tuple[bool, ...] | None = None, in_registers: bool = True,
+                       phases: tuple[int, tuple[int, ...]] | None = None):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers.
@@ -518,16 +540,65 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                             T.buffer_store(acc[fi], acc[fi][i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
                     store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
 
-                if live is None:
-                    tile_sums()
-                else:  # chunks outside hold only padding: 0, no sums
-                    with T.If(_chunk_is_live(live, m0 // px)):
-                        with T.Then():
-                            tile_sums()
-                        with T.Else():
-                            for fi, i in register_tile(tile):
-                                T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
+                def chunk():
+                    if live is None:
+                        tile_sums()
+                    else:  # chunks outside hold only padding: 0, no sums
+                        with T.If(_chunk_is_live(live, m0 // px)):
+                            with T.Then():
+                                tile_sums()
+                            with T.Else():
+                                for fi, i in register_tile(tile):
+                                    T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
+
+                if phases is None:
+                    chunk()
+                else:  # chunks of phases the depthwise conv never reads in this tile's channels: skipped
+                    with T.If(_chunk_in_phases(phases, fb, m0, px)), T.Then():
+                        chunk()
     return ib.get()
+
+
+def phase_bits(kept: np.ndarray, block: int, channels: int, kernel: tuple[int, int], stride: int) -> np.ndarray:
+    """``[channels]`` int: bit ``(kh % s) * s + kw % s`` set where channel ``c``'s block of a sparse
+    depthwise conv (``kept[c // block]``, kernel positions ``kh * KW + kw``, padding entries included:
+    they are read too) reads stride phase ``(kh % s, kw % s)``.
+
+    Example:
+        >>> phase_bits(np.array([[0, 2], [4, 4]]), 2, 4, (3, 3), 2).tolist()  # (0,0),(0,2) | (1,1)
+        [1, 1, 8, 8]
+    """
+    kept = np.asarray(kept, dtype="int64")
+    kw, s = kernel[1], int(stride)
+    phase = ((kept // kw) % s) * s + (kept % kw) % s
+    per_block = np.bitwise_or.reduce(np.left_shift(1, phase), axis=1)
+    return per_block[np.arange(channels) // int(block)]
+
+
+def phase_chunks(phases: tuple[int, Sequence[int]], chunks: int, pixels: int) -> np.ndarray:
+    """``[filter tiles, chunks]`` bool: the pixel chunks a kernel built with ``phases=(plane, masks)``
+    computes in each filter tile, those overlapping a phase its mask flags (NumPy twin of the kernel's
+    condition).
+
+    Example:
+        >>> phase_chunks((16, [0b01, 0b10]), 4, 8).astype(int).tolist()
+        [[1, 1, 0, 0], [0, 0, 1, 1]]
+    """
+    plane, masks = phases
+    starts = np.arange(chunks) * pixels
+    lo, hi = starts // plane, (starts + pixels - 1) // plane
+    masks = np.asarray(masks, dtype="int64")[:, None]
+    return (((masks >> lo) | (masks >> hi)) & 1).astype(bool)
+
+
+def _chunk_in_phases(phases: tuple[int, tuple[int, ...]], fb, m0, px: int):
+    """TIR condition: the chunk ``[m0, m0 + px)`` overlaps a phase flagged in filter tile ``fb``'s mask."""
+    from tvm import tirx
+
+    plane, bits = phases
+    mask = const_table(fb, np.asarray(bits))
+    hit = tirx.bitwise_or(tirx.shift_right(mask, m0 // plane), tirx.shift_right(mask, (m0 + px - 1) // plane))
+    return tirx.bitwise_and(hit, tirx.const(1, "int32")) == 1
 
 
 def live_chunks(mask: np.ndarray, pixels: int) -> np.ndarray:

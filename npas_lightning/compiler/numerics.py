@@ -16,6 +16,7 @@ from .conv_kernel import (
     nchw_from_planes,
     pack_conv_weight,
     pack_depthwise_weight,
+    phase_chunks,
     planes_from_nchw,
 )
 from .dense_kernel import DenseTile, dense_primfunc, pack_dense_weight
@@ -90,6 +91,11 @@ def check_kernel(record, target, *, seed: int = 0) -> dict[str, float]:
     planes = np.pad(planes, [(0, 0), (0, 0), (0, g.x_len - planes.shape[2])])
     parts = split_parts(g.c, record.split) if record.partials else 1
     out = _run(func, target, [planes, *weights], (g.n, fp, g.mp), parts)
+    if s.get("phases"):  # a planes writer skipping the stride phases nobody reads (1x1, one row): the rest
+        computed = np.repeat(phase_chunks(s["phases"], g.mp // tile.pixels, tile.pixels), tile.pixels, axis=1)
+        computed = np.repeat(computed, tile.ft, axis=0)[:fp]
+        out = np.where(computed[None], out, 0.0)
+        ref = np.where(computed[None, : g.f, None, : g.ow], ref, 0.0)
     if record.order is not None:  # filter slots back to the model's order
         out = out[:, np.argsort(record.order)]
     return compare(nchw_from_planes(out, g), ref)

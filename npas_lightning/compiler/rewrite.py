@@ -25,6 +25,8 @@ from .conv_kernel import (
     live_chunks,
     pack_conv_weight,
     pack_depthwise_weight,
+    phase_bits,
+    phase_chunks,
     pixel_outer,
     plane_mask,
 )
@@ -39,7 +41,7 @@ from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
 __all__ = ["BLOCK_CONV_CBLOCKS", "KXK_PLANES_OUTPUT", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU",
-           "PLANES_OUTPUT_SKIPS_PADDING", "RESIDUAL_READS_PLANES", "SPARSE_LOWERINGS",
+           "PLANES_OUTPUT_SKIPS_PADDING", "PLANES_OUTPUT_SKIPS_PHASES", "RESIDUAL_READS_PLANES", "SPARSE_LOWERINGS",
            "SPLIT_PARTIALS", "SPLIT_REDUCTION",
            "KernelChoice", "KernelRecord", "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels",
            "pattern_kernel_choices", "reduction_split", "rewrite_kernels", "time_conv_tile"]
@@ -303,6 +305,12 @@ ROWS_INPUT_MAX_WORK = 1.25
 #: or no activation: ``bench_function_breakdown.py --planes-limits`` on mobilenetv3_large_100
 PLANES_OUTPUT_MAX_WORK = 1.5
 
+#: a block-sparse 1x1 conv writing a sparse stride-2 depthwise conv's phase planes computes, in each
+#: filter tile, only the pixel chunks of the phases that conv reads in those channels (its kept kernel
+#: positions; a 3x3 conv keeping 2 of 9 reads 0.44-0.47 of them in efficientnet_b0 and
+#: mobilenetv3_large_100 at 5x): ``bench_function_breakdown.py --compare phases``
+PLANES_OUTPUT_SKIPS_PHASES = True
+
 #: the same limit for a SiLU epilogue, whose exp and division make every extra plane position cost
 #: more (efficientnet_b0, ``--planes-limits 1.25 1.3 1.5``: 1.3 the fastest at 5x, 1.5 slower dense)
 PLANES_OUTPUT_MAX_WORK_SILU = 1.3
@@ -390,6 +398,22 @@ def _leaves_partials(split: int, act: str | None) -> bool:
     """Whether a conv split ``split`` ways with activation ``act`` leaves its parts' sums for the
     graph to add (``conv_primfunc(partials=True)``): only without an activation."""
     return SPLIT_PARTIALS and split > 1 and act in (None, "none")
+
+
+def _computed_chunks(chunks: int, pixels: int, live: np.ndarray | None,
+                     phases: tuple[int, np.ndarray] | None) -> float:
+    """Pixel chunks a planes writer computes per filter tile, on average: all ``chunks``, those
+    ``live`` flags (holding image positions), and of those the ones overlapping a phase the filter
+    tile's mask in ``phases = (plane, masks)`` flags (``conv_primfunc(phases=...)``).
+
+    Example:
+        >>> _computed_chunks(4, 8, np.array([True, True, True, False]), (16, np.array([1, 2])))
+        1.5
+    """
+    on = np.ones(chunks, dtype=bool) if live is None else np.asarray(live, dtype=bool)
+    if phases is None:
+        return float(on.sum())
+    return float((phase_chunks(phases, chunks, pixels) & on).sum(axis=1).mean())
 
 
 def _planes_writer_geometry(g: ConvGeometry, gd: ConvGeometry, pixels: int) -> ConvGeometry | None:
@@ -699,7 +723,7 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             own = -(-(g.oh * g.ow) // tile.pixels) * tile.pixels
             limit = PLANES_OUTPUT_MAX_WORK_SILU if chain.act == "silu" else PLANES_OUTPUT_MAX_WORK
 
-            def emit(gd: ConvGeometry) -> tuple[Any, ConvGeometry] | None:
+            def emit(gd: ConvGeometry, phases: np.ndarray | None = None) -> tuple[Any, ConvGeometry] | None:
                 if chain.residual and (gd.stride != 1 or not RESIDUAL_READS_PLANES):
                     return None  # the adds could not read the image inside stride-phase planes
                 if one:
@@ -715,19 +739,27 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
                         return None
                     g_in, hq, mask = ge, gd.hq, plane_mask(gd, ge.mp)
                 chunks = live_chunks(mask, tile.pixels) if live and PLANES_OUTPUT_SKIPS_PADDING else None
-                work = ge.mp if chunks is None else int(chunks.sum()) * tile.pixels
+                tile_phases = None
+                if one and live and phases is not None and gd.stride > 1 and PLANES_OUTPUT_SKIPS_PHASES:
+                    per_tile = np.zeros(-(-f // tile.ft), dtype="int64")
+                    np.bitwise_or.at(per_tile, np.arange(f) // tile.ft, np.asarray(phases[:f], dtype="int64"))
+                    tile_phases = (g_in.plane, per_tile)
+                computed = _computed_chunks(ge.mp // tile.pixels, tile.pixels, chunks, tile_phases)
+                work = computed * tile.pixels
                 if work > limit * own:
                     return None
                 rec = records[idx]
-                func = build(ge, chunks)
+                func = build(ge, chunks, tile_phases) if tile_phases is not None else build(ge, chunks)
                 gv = self._add_kernel(func, f"{rec.symbol.rsplit('_', 1)[0]}_{idx}_planes")  # the symbol may be shared
                 y = self.builder_.emit(relax.call_tir(
                     gv, [self._to_planes(x, g_in), *consts, *_bias_args(chain, f), relax.const(mask)],
                     relax.TensorType((n, f, ge.mp), "float32")))
                 shape = {**rec.shape, "gate": False, "planes": [gd.h, gd.w]}
                 shape.update({"h": 1, "w": need, "row": g_in.x_len} if one else {"p": list(ge.pad)})
-                if chunks is not None:
-                    shape["live"] = int(chunks.sum())  # pixel chunks computed
+                if chunks is not None or tile_phases is not None:
+                    shape["live"] = round(computed, 3)  # pixel chunks computed (mean over filter tiles)
+                if tile_phases is not None:  # what check_kernel compares
+                    shape["phases"] = [int(tile_phases[0]), [int(b) for b in tile_phases[1]]]
                 records[idx] = replace(rec, symbol=gv.name_hint, shape=shape, func=func, mask=mask)
                 if chain.residual:
                     self.crops_[self._resolve(out)] = lambda: self._image_in_planes(y, gd)
@@ -742,11 +774,14 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             y = self.builder_.emit(relax.op.reshape(y, (gd.n, _shape(y)[1], gd.h, gd.wq)))
             return self.builder_.emit(relax.op.strided_slice(y, [3], [0], [gd.w]))
 
-        def _planes_input(self, x, g: ConvGeometry, shape: dict) -> tuple[Any, ConvGeometry]:
+        def _planes_input(self, x, g: ConvGeometry, shape: dict,
+                          phases: np.ndarray | None = None) -> tuple[Any, ConvGeometry]:
             """``(planes, geometry)`` a kxk conv reads: its producer's output written in this layout
-            (:meth:`_planes_writer`; ``shape`` records it), else ``x`` copied into padded planes."""
+            (:meth:`_planes_writer`; ``shape`` records it), else ``x`` copied into padded planes.
+            ``phases`` (per channel, :func:`~npas_lightning.compiler.conv_kernel.phase_bits`): the
+            stride phases a sparse depthwise conv reads, so the writer may skip the others."""
             writer = self.planes_.pop(self._resolve(x), None)
-            written = writer(g) if writer is not None else None
+            written = writer(g, phases) if writer is not None else None
             if written is None:
                 return self._to_planes(x, g), g
             shape.update(planes_hq=written[1].hq, row=written[1].row)
@@ -832,11 +867,12 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
 
             def build(tile: ConvTile, cblock: int = 0, epilogue: str | None = None, gate: bool = False,
                       g: ConvGeometry | None = None, masked: bool = False, split: int = 1,
-                      partials: bool = False, live: tuple[int, int] | None = None):  # timed plain
+                      partials: bool = False, live: tuple[int, int] | None = None,
+                      phases: tuple[int, np.ndarray] | None = None):  # timed plain
                 g, pk = g or geom(tile), packs[tile.ft]
                 func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue=epilogue, gate=gate,
                                               masked=masked, cblock=cblock or None, split=split, partials=partials,
-                                              live=live)
+                                              live=live, phases=phases)
                 return g, pk, func, list(buffers)
 
             def run(choice: KernelChoice) -> float:
@@ -886,8 +922,9 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             if not gate_args:  # (a 1x1 kernel's shifts are all 0, in any geometry)
                 consts = [relax.const(pk.packed), *[relax.const(b) for b in buffers]]
                 self._planes_writer(out, x, g, tile, chain, idx, consts,
-                                    lambda ge, live: build(tile, cblock, epilogue=act, g=ge, masked=True,
-                                                           live=live)[2], live=not cblock)
+                                    lambda ge, live, phases=None: build(tile, cblock, epilogue=act, g=ge, masked=True,
+                                                                        live=live, phases=phases)[2],
+                                    live=not cblock)
             return out
 
         def _time_pattern(self, weight, geom, choice: KernelChoice) -> float:
@@ -955,7 +992,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             tile, tuned = planner.sparse_tile("depthwise", shape, structure_digest(w2 != 0, scheme), cands,
                                               default, run)
             act = chain.act if chain is not None else None
-            xf, g = self._planes_input(x, geom(tile), shape)
+            phases = phase_bits(kept, block, c, (shape["kh"], shape["kw"]), shape["s"]) if shape["s"] > 1 else None
+            xf, g = self._planes_input(x, geom(tile), shape, phases)
             func, shift = build(g, tile, epilogue=act)
             idx = len(records)
             symbol = f"npas_sparse_depthwise_{idx}"

@@ -12,6 +12,7 @@ from npas_lightning.compiler.conv_kernel import (
     ConvGeometry,
     ConvTile,
     conv_primfunc,
+    live_chunks,
     plane_mask,
     planes_from_nchw,
 )
@@ -261,7 +262,6 @@ def test_sparse_expand_conv_skipping_padding_rows_writes_planes_a_full_writer_wo
     """5x5 over 14x14: all plane rows are 1.6x the pixels (over the SiLU limit), the image rows 1.2x;
     stride-2 5x5 over 28x28: 1.4x and 1.1x (the padding rows of each of the four phase planes)."""
     from npas_lightning.algorithms.masking import apply_masks, compute_masks
-    from npas_lightning.compiler.conv_kernel import live_chunks
     from npas_lightning.plan import NPASScheme
 
     model = bn_model(lambda: Expand("silu", k, stride))
@@ -274,6 +274,75 @@ def test_sparse_expand_conv_skipping_padding_rows_writes_planes_a_full_writer_wo
     assert pw.shape["live"] == live_chunks(pw.mask, pixels).sum() < pw.mask.size // pixels
     monkeypatch.setattr(rewrite, "PLANES_OUTPUT_SKIPS_PADDING", False)
     assert _compiled(model, size, plan)["pw.0"].mask is None
+
+
+def test_sparse_stride2_depthwise_lets_its_expand_conv_skip_the_phases_it_never_reads(bn_model, monkeypatch):
+    """A 3x3 stride-2 depthwise conv keeping kernel positions (0, 0) and (2, 2) in every channel reads
+    only the even-even phase: the block-sparse expand conv writing its phase planes computes a
+    quarter of them, and the model still matches PyTorch."""
+    from npas_lightning.algorithms.masking import apply_masks, compute_masks
+    from npas_lightning.plan import NPASScheme
+
+    model = bn_model(lambda: Expand("silu", 3, 2))
+    with torch.no_grad():
+        keep = torch.zeros(3, 3)
+        keep[0, 0] = keep[2, 2] = 1
+        model.dw[0].weight.mul_(keep)
+    plan = NPASScheme.resolve({"pw.0": {"scheme": "block_based", "rate": 2.0, "block": [16, 4]},
+                               "dw.0": {"scheme": "block_punched", "rate": 4.5, "block": [8, 1]}}, model, exclude=[])
+    apply_masks(model, compute_masks(model, plan), plan)  # the depthwise conv keeps its 2 nonzero positions
+    records = _compiled(model, 48, plan)
+    pw, dw = records["pw.0"], records["dw.0"]
+    assert dw.sparse is not None and pw.mask is not None
+    pixels = pw.tile["mt"] * pw.tile["vw"]
+    every_phase = live_chunks(pw.mask, pixels).sum()
+    assert pw.shape["live"] <= every_phase / 4 + 2  # one phase plane of four (a chunk may straddle two)
+    monkeypatch.setattr(rewrite, "PLANES_OUTPUT_SKIPS_PHASES", False)
+    assert _compiled(model, 48, plan)["pw.0"].shape["live"] == every_phase
+
+
+def test_phase_masks_skip_chunks_and_leave_them_unwritten():
+    """``conv_primfunc(phases=...)``: filter tile 0 computes phase 0 only, tile 1 phase 1 only; the
+    chunks of the other phase keep what the output buffer held."""
+    import tvm
+
+    from npas_lightning.compiler.sparse_pack import pack_sparse_rows
+
+    rng = np.random.default_rng(0)
+    plane, c, f, tile = 32, 8, 16, ConvTile(8, 1, 16)
+    g = ConvGeometry.make(1, c, 1, 2 * plane, f, (1, 1), 1, (0, 0, 0, 0), pixels=16).reading_rows(2 * plane)
+    w = rng.standard_normal((f, c)).astype("float32")
+    pk = pack_sparse_rows(w, 8)
+    func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue="relu", masked=True,
+                                  phases=(plane, [0b01, 0b10]))
+    x = rng.standard_normal((1, c, 2 * plane)).astype("float32")
+    bias, mask = rng.standard_normal(f).astype("float32"), np.ones(2 * plane, "float32")
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.full((1, f, 2 * plane), 7.0, "float32"), dev)
+    lib = tvm.tirx.build(func, target=_host_target())
+    lib(*[tvm.runtime.tensor(a, dev) for a in (x, pk.packed, *buffers, bias, mask)], y)
+    ref = np.maximum(np.einsum("fc,ncp->nfp", w, x) + bias[None, :, None], 0)
+    out = y.numpy()
+    np.testing.assert_allclose(out[:, :8, :plane], ref[:, :8, :plane], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[:, 8:, plane:], ref[:, 8:, plane:], rtol=1e-5, atol=1e-5)
+    assert (out[:, :8, plane:] == 7).all() and (out[:, 8:, :plane] == 7).all()
+
+
+def _host_target():
+    from npas_lightning.compiler.targets import resolve_target
+
+    return resolve_target("host", threads=1).tvm_target
+
+
+def test_phase_bits_and_the_doctests():
+    import doctest
+
+    from npas_lightning.compiler import conv_kernel
+    from npas_lightning.compiler.conv_kernel import phase_bits
+
+    # 5x5 stride 2: positions (0,1) and (3,3) -> phases (0,1) and (1,1); a block of 2 channels
+    assert phase_bits(np.array([[1, 18]]), 2, 2, (5, 5), 2).tolist() == [0b1010, 0b1010]
+    assert doctest.testmod(conv_kernel).failed == 0 and doctest.testmod(rewrite).failed == 0
 
 
 def test_errors_name_the_argument():
@@ -295,3 +364,12 @@ def test_errors_name_the_argument():
                       masked=True, live=(False,))
     with pytest.raises(ValueError, match=r"live=1 flags: expected"):  # a dense kernel computes every chunk
         conv_primfunc(g1, ConvTile(8, 1, 16), epilogue="relu", masked=True, live=(True,))
+    with pytest.raises(ValueError, match=r"phases=\(0, 1 masks\): expected \(plane length >= 1, one non-negative "
+                                         r"phase mask per filter tile = 1\) on a masked block-sparse kernel"):
+        conv_primfunc(g1, ConvTile(8, 1, 16), np.zeros((1, 8), "int32"), counts=np.array([8]), epilogue="relu",
+                      masked=True, phases=(0, [1]))
+    with pytest.raises(ValueError, match=r"phases=\(16, 2 masks\): expected"):  # one mask per filter tile
+        conv_primfunc(g1, ConvTile(8, 1, 16), np.zeros((1, 8), "int32"), counts=np.array([8]), epilogue="relu",
+                      masked=True, phases=(16, [1, 2]))
+    with pytest.raises(ValueError, match=r"phases=\(16, 1 masks\): expected"):  # a dense kernel computes them all
+        conv_primfunc(g1, ConvTile(8, 1, 16), epilogue="relu", masked=True, phases=(16, [1]))
