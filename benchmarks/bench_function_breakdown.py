@@ -55,6 +55,9 @@ with the one compiled as usual:
 - ``ragged-rows``: the functions between the kernels without their vectorised row prefixes
   (``generic_schedule.VECTORIZE_RAGGED_ROWS = False``): rows 7, 14, 30, 57 or 114 wide run as TVM
   leaves them, which LLVM vectorised with gathers and masks.
+- ``unread-channels``: the channels no layer reads (every reader's weights zero on them) computed like
+  the others (``npas_lightning.shrink.SHRINK_UNREAD_CHANNELS = False``) instead of cut with the
+  expansion filters, depthwise channels and gates that compute them before the build.
 - ``phases``: block-sparse 1x1 convs writing a sparse stride-2 depthwise conv's phase planes compute
   every phase (``rewrite.PLANES_OUTPUT_SKIPS_PHASES = False``) instead of only the phases that conv
   reads in each filter tile's channels.
@@ -150,10 +153,11 @@ def _activations_before():
 
 @contextlib.contextmanager
 def _compiler_flag(name: str, value, module: str = "rewrite"):
-    """Models built inside see ``npas_lightning.compiler.<module>.<name> = value``."""
+    """Models built inside see ``npas_lightning.compiler.<module>.<name> = value`` (``module`` a full
+    ``npas_lightning...`` path: that module)."""
     import importlib
 
-    mod = importlib.import_module(f"npas_lightning.compiler.{module}")
+    mod = importlib.import_module(module if module.startswith("npas_lightning.") else f"npas_lightning.compiler.{module}")
     real = getattr(mod, name)
     setattr(mod, name, value)
     try:
@@ -202,6 +206,8 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                                lambda: _compiler_flag("VECTORIZE_RAGGED_ROWS", False, "generic_schedule")),
                "serial-small": ("tiny functions parallel too (SERIAL_MAX_ELEMENTS 0, SERIAL_MAX_MACS -1)",
                                 _parallel_tiny),
+               "unread-channels": ("channels no layer reads computed too (shrink.SHRINK_UNREAD_CHANNELS off)",
+                                   lambda: _compiler_flag("SHRINK_UNREAD_CHANNELS", False, "npas_lightning.shrink")),
                "phases": ("planes writers computing every stride phase (PLANES_OUTPUT_SKIPS_PHASES off)",
                           lambda: _compiler_flag("PLANES_OUTPUT_SKIPS_PHASES", False)),
                "stored-epilogue": ("sparse kernels storing raw sums, then re-reading them for the epilogue "
@@ -371,9 +377,15 @@ def main() -> None:
     x = torch.randn(1, 3, args.size, args.size)
     spec = resolve_target("host", threads=args.threads)
     dense_import = import_model(model, x) if args.kernel_speedups else None
-    if args.rate is not None:
-        model, _ = frozen_for_compile(*_pruned(model, args.rate), x)
-    imported = import_model(model, x)
+    pruned = _pruned(model, args.rate) if args.rate is not None else None
+
+    def frozen_import():
+        """The model as compile_model prepares it (under the settings of the moment), imported."""
+        frozen = frozen_for_compile(*pruned, x)[0] if pruned is not None else model
+        return frozen, import_model(frozen, x)
+
+    model, imported = frozen_import()
+
     def build(imp=imported):
         return build_relax(imp.mod, spec, planner=TilePlanner(spec, cache=TileCache(fresh_tile_cache())), names=imp.names,
                            sparse_layers=getattr(imp, "sparse", None))
@@ -428,7 +440,7 @@ def main() -> None:
         builds = [executable]
         for _, way in variants:
             with way():
-                builds.append(build().executable)
+                builds.append(build(frozen_import()[1]).executable)
         times = _interleaved_ms(builds, x.numpy())
         compared = {"as compiled": times[0], **{way: t for (way, _), t in zip(variants, times[1:], strict=True)}}
         for way, ms in compared.items():

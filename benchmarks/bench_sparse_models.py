@@ -79,7 +79,8 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
         work = sum(k.flops for k in c.kernels) / max(1, sum(k.flops for k in compiled["dense"].kernels))
         rows[key] = {"rate": rate, "compile_s": time.perf_counter() - t0, "compile_breakdown": c.timings,
                      "sparse_kernels": len(sparse), "kernel_work_vs_dense": work,
-                     "max_rel_err": c.numerics.get("max_rel")}
+                     "max_rel_err": c.numerics.get("max_rel"),
+                     "unread_channels_cut": c.prepare_info.get("unread_channels_cut", {})}
     session = LocalSession()
     xn = x.numpy()
     engines = [dataclasses.replace(tvm_engine(c, xn, session), name=key) for key, c in compiled.items()]

@@ -185,6 +185,109 @@ def _blocker_plain(item, dg, root: nn.Module, names: Mapping[nn.Module, str], id
     return f"coupled {type(module).__name__} {name} is not supported"
 
 
+#: :func:`frozen_for_compile` also removes the channels no layer reads (:func:`shrink_unread_channels`)
+SHRINK_UNREAD_CHANNELS = True
+
+
+def _reads(module: nn.Module, idxs: list[int]) -> Tensor:
+    """Per channel of ``idxs``: whether the conv / linear ``module`` has a nonzero weight on that input."""
+    w = module.weight.detach()
+    w = w.transpose(0, 1).reshape(w.shape[1], -1)  # [in, out * k * k]
+    return w[idxs].ne(0).any(dim=1)
+
+
+def shrink_unread_channels(model: nn.Module, example_input: Tensor, *, granule: int = 1, multiple: int = 8,
+                           atol: float = 1e-5,
+                           inplace: bool = False) -> tuple[nn.Module, ShrinkReport]:
+    """Remove the output channels of convs that no layer reads.
+
+    Torch-Pruning groups a conv's output channels with everything coupled to them: BatchNorms,
+    activations, depthwise convs, squeeze-excite gates, residual adds, and the convs and linears that
+    take them as input channels (the *readers*). A channel whose every reader holds only zero weights
+    on it (block-sparse 1x1 convs at high rates leave most of their input channels unread: a
+    projection with two filter blocks keeping 20% of the input groups each reads at most 40%) does
+    not change the model's outputs, so the whole chain that computes it is cut: the expansion
+    filter, its BatchNorm, the depthwise channel, the gate, the readers' zero columns. A group with a
+    coupled layer of another kind (grouped conv, normalisation across channels) is left as it is.
+
+    Args:
+        model: a masked model (its pruned weights are zeros).
+        example_input: a batch used to trace the dependency graph and check outputs.
+        granule: channels are cut in aligned groups of this many, all unread (the compiler's filter
+            tiles and depthwise channel blocks are 8 wide: cutting whole groups keeps the remaining
+            channels' block structure and counts multiples of the tile).
+        atol: largest allowed output change, relative to the outputs' largest magnitude.
+        inplace: modify ``model`` instead of a deep copy.
+
+    Returns:
+        ``(model, ShrinkReport)``: ``shrunk`` maps each producer conv to its (before, after) output
+        channels. Raises ``RuntimeError`` when the outputs changed (a coupling Torch-Pruning did not
+        see); callers fall back to the unshrunk model.
+    """
+    import torch_pruning as tp
+
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input={type(example_input).__name__} must be a torch.Tensor batch")
+    if isinstance(granule, bool) or not isinstance(granule, int) or granule < 1:
+        raise ValueError(f"granule={granule!r}: expected an int >= 1 (channels cut together)")
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    report = ShrinkReport(params_before=sum(p.numel() for p in model.parameters()))
+    with torch.no_grad():
+        reference = model(example_input)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, nn.Conv2d) or layer.groups != 1:
+            continue
+        before = layer.out_channels
+        group = dg.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=list(range(before)))
+        read, readers = torch.zeros(before, dtype=torch.bool), 0
+        for item in group.items:
+            module, handler, idxs = item.dep.target.module, item.dep.handler, _as_plain(item.idxs)
+            if not isinstance(module, nn.Module) or next(module.parameters(recurse=False), None) is None:
+                continue  # activations, adds, multiplies, pooling: channel-wise
+            if len(idxs) != before:
+                break  # a reshape or concat maps the channels: not followed
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and getattr(module, "groups", 1) == 1 and \
+                    handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+                read |= _reads(module, idxs)
+                readers += 1
+            elif isinstance(module, _BatchNorm) or (isinstance(module, nn.Conv2d) and module.groups == module.in_channels
+                                                    == module.out_channels) or \
+                    handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+                continue  # computes channel c from channel c (or writes it): cut with it
+            else:
+                break  # a layer mixing channels some other way
+        else:
+            unread = (~read).reshape(-1).tolist()
+            groups = [g for g in range(0, before, granule) if all(unread[g:g + granule])]
+            if before % multiple == 0:  # keep the count a multiple of `multiple`: some unread groups stay
+                groups = groups[: len(groups) - len(groups) % max(1, multiple // granule)]
+            dead = [c for g in groups for c in range(g, min(g + granule, before))]
+            if readers and dead and len(dead) < before:
+                cut = dg.get_pruning_group(layer, tp.prune_conv_out_channels, idxs=dead)
+                if dg.check_pruning_group(cut):
+                    cut.prune()
+                    report.shrunk[name] = (before, layer.out_channels)
+    with torch.no_grad():
+        out = model(example_input)
+    scale = float(reference.abs().max()) or 1.0
+    report.max_abs_diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("inf")
+    report.params_after = sum(p.numel() for p in model.parameters())
+    if report.max_abs_diff > atol * scale:
+        raise RuntimeError(f"removing unread channels changed the outputs by {report.max_abs_diff:.3g} > "
+                           f"{atol} x {scale:.3g}; producers cut: {list(report.shrunk)}")
+    return model, report
+
+
+def _has_unread_inputs(model: nn.Module) -> bool:
+    """Whether some plain conv or linear has an input channel with only zero weights (cheap test before
+    tracing a dependency graph)."""
+    return any(isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "groups", 1) == 1 and m.weight.shape[1] > 1
+               and not bool(_reads(m, list(range(m.weight.shape[1]))).all()) for m in model.modules())
+
+
 def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.Tensor) -> tuple[nn.Module, dict]:
     """Eval-mode copy of a pruned model ready for code generation.
 
@@ -218,6 +321,13 @@ def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.
                 info["not_shrunk"] = {k: str(v)[:300] for k, v in report.kept_masked.items()}
         except Exception as err:  # noqa: BLE001 - measured as the dense-masked model, and said so
             info["shrink_error"] = f"{type(err).__name__}: {err}"[:300]
+    if SHRINK_UNREAD_CHANNELS and sparse_plan and not done and _has_unread_inputs(frozen):
+        try:
+            frozen, report = shrink_unread_channels(frozen, example_input, inplace=False)
+            if report.shrunk:
+                info.update(unread_channels_cut={k: list(v) for k, v in report.shrunk.items()})
+        except Exception as err:  # noqa: BLE001 - compiled unshrunk, and said so
+            info["unread_channels_error"] = f"{type(err).__name__}: {err}"[:300]
     made = planned_modules(frozen, sparse_plan)
     with torch.no_grad():
         for qual, (mod, lp) in made.items():

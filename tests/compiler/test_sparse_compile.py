@@ -81,7 +81,10 @@ def test_mixed_plan_efficientnet_matches_torch_with_every_scheme(effnet_mixed):
     assert kernels == {"pattern", "block_based", "block_punched"}
     assert "zeros are computed" in lowered["blocks.5.1.conv_pw"]["lowering"]
     assert lowered["blocks.5.0.conv_pw"]["scheme"] == "filter"
-    assert lowered["classifier"]["density"] < 0.6  # the FC reads well under dense work at 4x
+    # the 10-class FC at 4x reads a quarter of conv_head's 1280 channels: the others are cut with the
+    # conv_head filters computing them (shrink.shrink_unread_channels)
+    assert compiled.prepare_info["unread_channels_cut"]["conv_head"] == [1280, 320]
+    assert lowered["classifier"]["scheme"] == "block_based"
     assert compiled.prepare_info["sparse_layers"] >= 10
     manifest = compiled.manifest()
     assert any(k["sparse"] for k in manifest["kernels"])
