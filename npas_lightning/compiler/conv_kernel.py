@@ -596,7 +596,10 @@ def _chunk_in_phases(phases: tuple[int, tuple[int, ...]], fb, m0, px: int):
     from tvm import tirx
 
     plane, bits = phases
-    mask = const_table(fb, np.asarray(bits))
+    bits = np.asarray(bits, dtype="int64")
+    mask = tirx.const(0, "int32")
+    for p in range(int(bits.max()).bit_length()):  # the tile's phase mask, one bit table per phase
+        mask = tirx.bitwise_or(mask, tirx.shift_left(_flag_bit((bits >> p) & 1, fb), tirx.const(p, "int32")))
     hit = tirx.bitwise_or(tirx.shift_right(mask, m0 // plane), tirx.shift_right(mask, (m0 + px - 1) // plane))
     return tirx.bitwise_and(hit, tirx.const(1, "int32")) == 1
 
@@ -620,12 +623,23 @@ def _chunk_is_live(live: tuple[bool, ...], chunk):
     idx = np.flatnonzero(live)
     if idx[-1] - idx[0] + 1 == idx.size:
         return tirx.all(chunk >= int(idx[0]), chunk <= int(idx[-1]))
-    bits = np.zeros(-(-len(live) // 32) * 32, dtype=bool)
-    bits[: len(live)] = live
+    return _flag_bit(live, chunk) == 1
+
+
+def _flag_bit(flags: Sequence[bool], index):
+    """TIR int32 0/1: ``flags[index]``, as bits of 32-bit words of constants (a select over the
+    words, not over the flags: LLVM took seconds on a select chain over 84 filter tiles)."""
+    from tvm import tirx
+
+    flags = np.asarray(flags, dtype=bool)
+    if flags.all() or not flags.any():
+        return tirx.const(int(flags.all()), "int32")
+    bits = np.zeros(-(-flags.size // 32) * 32, dtype=bool)
+    bits[: flags.size] = flags
     words = (bits.reshape(-1, 32) * (1 << np.arange(32, dtype=np.int64))).sum(axis=1)
     words = np.where(words >= 1 << 31, words - (1 << 32), words)  # as int32
-    word = const_table(chunk // 32, words)
-    return tirx.bitwise_and(tirx.shift_right(word, chunk % 32), tirx.const(1, "int32")) == 1
+    word = const_table(index // 32, words)
+    return tirx.bitwise_and(tirx.shift_right(word, index % 32), tirx.const(1, "int32"))
 
 
 def _check_pixels(g: ConvGeometry, tile: ConvTile) -> int:

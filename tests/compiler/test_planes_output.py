@@ -328,6 +328,31 @@ def test_phase_masks_skip_chunks_and_leave_them_unwritten():
     assert (out[:, :8, plane:] == 7).all() and (out[:, 8:, :plane] == 7).all()
 
 
+def test_phase_masks_over_more_filter_tiles_than_a_word_holds():
+    """40 filter tiles (two 32-bit words per phase table): each tile computes exactly the chunks of
+    its mask's phases."""
+    import tvm
+
+    from npas_lightning.compiler.conv_kernel import phase_chunks
+    from npas_lightning.compiler.sparse_pack import pack_sparse_rows
+
+    rng = np.random.default_rng(1)
+    plane, c, f, tile = 16, 8, 320, ConvTile(8, 1, 16)
+    g = ConvGeometry.make(1, c, 1, 4 * plane, f, (1, 1), 1, (0, 0, 0, 0), pixels=16).reading_rows(4 * plane)
+    w = rng.standard_normal((f, c)).astype("float32")
+    pk = pack_sparse_rows(w, 8)
+    masks = [int(m) for m in rng.integers(1, 16, size=f // 8)]
+    func, buffers = conv_primfunc(g, tile, pk.kept, counts=pk.counts, epilogue="none", masked=True,
+                                  phases=(plane, masks))
+    dev = tvm.cpu()
+    y = tvm.runtime.tensor(np.full((1, f, 4 * plane), 7.0, "float32"), dev)
+    args = (rng.standard_normal((1, c, 4 * plane)).astype("float32"), pk.packed, *buffers,
+            np.zeros(f, "float32"), np.ones(4 * plane, "float32"))
+    tvm.tirx.build(func, target=_host_target())(*[tvm.runtime.tensor(a, dev) for a in args], y)
+    computed = np.repeat(np.repeat(phase_chunks((plane, masks), 4, 16), 16, axis=1), 8, axis=0)
+    assert ((y.numpy()[0] != 7.0) == computed).all()
+
+
 def _host_target():
     from npas_lightning.compiler.targets import resolve_target
 
