@@ -437,7 +437,7 @@ def accumulators(rows: int, length: int) -> list:
 #: False: they store the raw sums, then re-read the tile in a loop over its filters
 #: (:func:`store_epilogue`: one copy of the code, one more store and load per vector). In registers,
 #: the accumulators start from the bias (:func:`start_tile`), one add less per vector. Block-sparse
-#: expand convs with an activation @112-@28 at 5x took 0.71-0.89x the time in registers
+#: expand convs with an activation @112-@28 at 5x took 0.71-0.91x the time in registers
 #: (``bench_function_breakdown.py --compare stored-epilogue`` for whole models)
 EPILOGUE_IN_REGISTERS = True
 
