@@ -89,17 +89,9 @@ def shrink_filter_pruned(
     """
     import torch_pruning as tp
 
-    if not isinstance(example_input, Tensor):
-        raise TypeError(f"example_input={type(example_input).__name__} must be a torch.Tensor batch")
     if not isinstance(plan, NPASScheme):
         plan = NPASScheme.resolve(plan, model)
-    if not inplace:
-        model = copy.deepcopy(model)
-    model.eval()
-    report = ShrinkReport(params_before=sum(p.numel() for p in model.parameters()))
-    with torch.no_grad():
-        reference = model(example_input)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    model, report, reference, dg = _traced(model, example_input, inplace)
     names = {m: n for n, m in model.named_modules()}
     for name, lp in plan.items():
         if lp.scheme != "filter" or lp.rate <= 1.0 or lp.filter_type == "skip":
@@ -141,16 +133,37 @@ def shrink_filter_pruned(
             continue
         group.prune()
         report.shrunk[name] = (before, layer.weight.shape[0])
-    with torch.no_grad():
-        out = model(example_input)
-    report.max_abs_diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("inf")
-    report.params_after = sum(p.numel() for p in model.parameters())
+    _checked(model, example_input, report, reference)
     if report.max_abs_diff > atol:
         raise RuntimeError(
             f"shrinking changed the outputs by {report.max_abs_diff:.3g} > atol={atol}; layers shrunk: "
             f"{list(report.shrunk)}. This is a bug: every removed channel was checked to output zero"
         )
     return model, report
+
+
+def _traced(model: nn.Module, example_input: Tensor, inplace: bool):
+    """``(model, report, reference output, dependency graph)`` to shrink: ``model`` in eval mode (a
+    deep copy unless ``inplace``), its parameter count in the report, traced by Torch-Pruning."""
+    import torch_pruning as tp
+
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input={type(example_input).__name__} must be a torch.Tensor batch")
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    report = ShrinkReport(params_before=sum(p.numel() for p in model.parameters()))
+    with torch.no_grad():
+        reference = model(example_input)
+    return model, report, reference, tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def _checked(model: nn.Module, example_input: Tensor, report: ShrinkReport, reference: Tensor) -> None:
+    """Fill the report's ``max_abs_diff`` (shrunk vs reference outputs) and ``params_after``."""
+    with torch.no_grad():
+        out = model(example_input)
+    report.max_abs_diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("inf")
+    report.params_after = sum(p.numel() for p in model.parameters())
 
 
 def _blocker_plain(item, dg, root: nn.Module, names: Mapping[nn.Module, str], idxs: list[int]) -> str | None:
@@ -213,9 +226,10 @@ def shrink_unread_channels(model: nn.Module, example_input: Tensor, *, granule: 
     Args:
         model: a masked model (its pruned weights are zeros).
         example_input: a batch used to trace the dependency graph and check outputs.
-        granule: channels are cut in aligned groups of this many, all unread (the compiler's filter
-            tiles and depthwise channel blocks are 8 wide: cutting whole groups keeps the remaining
-            channels' block structure and counts multiples of the tile).
+        granule: channels are cut in aligned groups of this many, all unread (1: one by one).
+        multiple: a producer whose channel count is a multiple of this keeps it one, leaving a few
+            unread channels (the compiler's filter tiles are 8 wide: a count they do not divide
+            would need its output copied out of padded filter slots).
         atol: largest allowed output change, relative to the outputs' largest magnitude.
         inplace: modify ``model`` instead of a deep copy.
 
@@ -226,17 +240,11 @@ def shrink_unread_channels(model: nn.Module, example_input: Tensor, *, granule: 
     """
     import torch_pruning as tp
 
-    if not isinstance(example_input, Tensor):
-        raise TypeError(f"example_input={type(example_input).__name__} must be a torch.Tensor batch")
-    if isinstance(granule, bool) or not isinstance(granule, int) or granule < 1:
-        raise ValueError(f"granule={granule!r}: expected an int >= 1 (channels cut together)")
-    if not inplace:
-        model = copy.deepcopy(model)
-    model.eval()
-    report = ShrinkReport(params_before=sum(p.numel() for p in model.parameters()))
-    with torch.no_grad():
-        reference = model(example_input)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    for arg, value, what in (("granule", granule, "channels cut together"),
+                             ("multiple", multiple, "channel counts stay multiples of it")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg}={value!r}: expected an int >= 1 ({what})")
+    model, report, reference, dg = _traced(model, example_input, inplace)
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, nn.Conv2d) or layer.groups != 1:
             continue
@@ -270,11 +278,8 @@ def shrink_unread_channels(model: nn.Module, example_input: Tensor, *, granule: 
                 if dg.check_pruning_group(cut):
                     cut.prune()
                     report.shrunk[name] = (before, layer.out_channels)
-    with torch.no_grad():
-        out = model(example_input)
+    _checked(model, example_input, report, reference)
     scale = float(reference.abs().max()) or 1.0
-    report.max_abs_diff = float((out - reference).abs().max()) if out.shape == reference.shape else float("inf")
-    report.params_after = sum(p.numel() for p in model.parameters())
     if report.max_abs_diff > atol * scale:
         raise RuntimeError(f"removing unread channels changed the outputs by {report.max_abs_diff:.3g} > "
                            f"{atol} x {scale:.3g}; producers cut: {list(report.shrunk)}")

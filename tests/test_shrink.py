@@ -12,17 +12,22 @@ from npas_lightning.plan import NPASScheme
 from npas_lightning.shrink import shrink_filter_pruned
 
 
-def _masked(name: str):
+def _trained_like(name: str):
+    """``name`` with non-trivial BatchNorm statistics and affine, as after training: a removed channel
+    whose BN bias were kept would output a non-zero constant."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, pretrained=False).eval()
-    # Non-trivial BatchNorm statistics and affine, as after training: a removed channel whose BN
-    # bias were kept would output a non-zero constant.
     for m in model.modules():
         if isinstance(m, _BatchNorm):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
+def _masked(name: str):
+    model = _trained_like(name)
     plan = NPASScheme.resolve({"*": {"scheme": "filter", "rate": 2}}, model)
     apply_masks(model, compute_masks(model, plan), plan)
     return model, plan
@@ -71,14 +76,7 @@ def test_unmasked_layers_and_bad_input_are_reported_or_refused():
 def _block_sparse(name: str, rate: float = 5.0):
     """``name`` with non-trivial BatchNorms, masked by the uniform block-structured plan of
     ``benchmarks/bench_sparse_models.py`` (block_based 1x1 convs, block_punched kxk convs)."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=10, pretrained=False).eval()
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
+    model = _trained_like(name)
     first = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
     spec = {}
     for n, m in model.named_modules():
@@ -122,6 +120,8 @@ def test_unread_channels_nothing_to_cut_and_bad_input():
         shrink_unread_channels(model, [torch.randn(1, 3, 32, 32)])
     with pytest.raises(ValueError, match=r"granule=0: expected an int >= 1 \(channels cut together\)"):
         shrink_unread_channels(model, torch.randn(1, 3, 32, 32), granule=0)
+    with pytest.raises(ValueError, match=r"multiple=True: expected an int >= 1 \(channel counts stay multiples"):
+        shrink_unread_channels(model, torch.randn(1, 3, 32, 32), multiple=True)
 
 
 def test_frozen_for_compile_cuts_unread_channels_unless_switched_off(monkeypatch):
