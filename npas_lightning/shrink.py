@@ -301,7 +301,10 @@ def frozen_for_compile(model: nn.Module, plan: NPASScheme, example_input: torch.
        ``StructureError`` naming a layer that does not match), before anything else;
     2. filter-pruned channels are cut physically (and, with them, the matching input channels of
        the layers they feed);
-    3. those sparse-scheme layers become sparse custom-op modules holding only their nonzero weights
+    3. with sparse-scheme layers (and :data:`SHRINK_UNREAD_CHANNELS`), the channels no layer reads
+       are cut (:func:`shrink_unread_channels`; ``info["unread_channels_cut"]``, or
+       ``info["unread_channels_error"]`` when the model stays uncut);
+    4. those sparse-scheme layers become sparse custom-op modules holding only their nonzero weights
        (:class:`~npas_lightning.sparse.SparseConv2d` / ``SparseLinear``), which the compiler lowers to
        block-sparse kernels.
 

@@ -249,11 +249,12 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     """
     from tvm import te
 
+    # live chunks and phase masks: a masked block-sparse kernel with counts, one reduction per tile
+    skips_ok = masked and counts is not None and cblock is None and split == 1 and not gate
     if phases is not None:
         plane, bits = phases
         fn_tiles = -(-g.f // tile.ft)
-        if (not masked or counts is None or cblock is not None or split != 1 or gate
-                or isinstance(plane, bool) or not isinstance(plane, (int, np.integer)) or plane < 1
+        if (not skips_ok or isinstance(plane, bool) or not isinstance(plane, (int, np.integer)) or plane < 1
                 or len(bits) != fn_tiles or any(int(b) < 0 for b in bits)):
             raise ValueError(f"phases=({plane!r}, {len(bits)} masks): expected (plane length >= 1, one "
                              f"non-negative phase mask per filter tile = {fn_tiles}) on a masked block-sparse "
@@ -262,8 +263,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     if live is not None:
         chunks = g.mp // tile.pixels
         flags = np.asarray(live)
-        if (not masked or counts is None or cblock is not None or split != 1 or gate or flags.shape != (chunks,)
-                or flags.dtype != bool or not flags.any()):
+        if not skips_ok or flags.shape != (chunks,) or flags.dtype != bool or not flags.any():
             shown = f"{len(flags)} flags" if flags.ndim == 1 else repr(live)
             raise ValueError(f"live={shown}: expected {chunks} booleans, one per pixel chunk of the output, not all "
                              "False, on a masked block-sparse kernel with counts=..., no cblock, split or gate")
@@ -443,15 +443,23 @@ EPILOGUE_IN_REGISTERS = True
 
 
 def store_tile(y, acc: list, tile: ConvTile, n, f0, m0, epilogue: str | None = None, bias=None, mask=None,
-               in_registers: bool = True, biased: bool = False) -> None:
+               in_registers: bool = True, biased: bool = False, last=None) -> None:
     """IR builder: store a register tile ``acc`` (one buffer per filter row) at ``y[n, f0 + fi, m0 + i]``;
     with ``epilogue``, ``act(sum + bias[f0 + fi])`` (times ``mask[m0 + i]`` when given), computed on
     the accumulators (``in_registers``; ``biased``: they started from the bias, :func:`start_tile`)
-    or by :func:`store_epilogue` after the raw store."""
+    or by :func:`store_epilogue` after the raw store. ``last`` (a TIR condition, for kernels summing
+    channel blocks into ``y``): the epilogue only where it holds, the raw partial sums elsewhere."""
     from tvm.tirx.script import builder as T
 
     from .epilogue import activation_expr
 
+    if epilogue is not None and last is not None:
+        with T.If(last):
+            with T.Then():
+                store_tile(y, acc, tile, n, f0, m0, epilogue, bias, mask, in_registers, biased)
+            with T.Else():
+                store_tile(y, acc, tile, n, f0, m0)
+        return
     fused = epilogue is not None and in_registers
     for fi, i in register_tile(tile):
         v = acc[fi][i]
@@ -716,14 +724,8 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
                 with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
                     for fi, i in register_tile(tile):
                         T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                if epilogue:  # applied by the last block
-                    with T.If(cb == blocks - 1):
-                        with T.Then():
-                            store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
-                        with T.Else():
-                            store_tile(y, acc, tile, n, fb * ft, m0)
-                else:
-                    store_tile(y, acc, tile, n, fb * ft, m0)
+                store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased,
+                           last=cb == blocks - 1)  # the epilogue applied by the last block
     return ib.get()
 
 

@@ -279,15 +279,8 @@ def _pattern_built(g: ConvGeometry, tile: ConvTile, patterns: tuple[tuple[int, .
                         for s, tap in enumerate(taps):
                             total = total + w[fb, e, s, fi] * x[n, kc[fb, e], m0 + offs[tap] + i]
                         T.buffer_store(acc[fi], total, [i])
-            if epilogue and cb is not None:  # applied after the last channel block
-                with T.If(cb == blocks - 1):
-                    with T.Then():
-                        store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers,
-                                   biased=biased)
-                    with T.Else():
-                        store_tile(y, acc, tile, n, fb * ft, m0)
-            else:
-                store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers, biased=biased)
+            store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, in_registers=in_registers, biased=biased,
+                       last=None if cb is None else cb == blocks - 1)  # the epilogue after the last block
 
         if blocks > 1:
             with T.parallel(0, g.n * chunks) as it, T.serial(0, blocks) as cb, T.serial(0, fn) as fb:

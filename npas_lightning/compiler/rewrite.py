@@ -307,8 +307,8 @@ PLANES_OUTPUT_MAX_WORK = 1.5
 
 #: a block-sparse 1x1 conv writing a sparse stride-2 depthwise conv's phase planes computes, in each
 #: filter tile, only the pixel chunks of the phases that conv reads in those channels (its kept kernel
-#: positions; a 3x3 conv keeping 2 of 9 reads 0.44-0.47 of them in efficientnet_b0 and
-#: mobilenetv3_large_100 at 5x): ``bench_function_breakdown.py --compare phases``
+#: positions; counted in development, a 3x3 conv keeping 2 of 9 reads 0.44-0.47 of them in
+#: efficientnet_b0 and mobilenetv3_large_100 at 5x): ``bench_function_breakdown.py --compare phases``
 PLANES_OUTPUT_SKIPS_PHASES = True
 
 #: the same limit for a SiLU epilogue, whose exp and division make every extra plane position cost
