@@ -64,6 +64,9 @@ with the one compiled as usual:
 - ``stored-epilogue``: the block-sparse, channel-blocked and per-pattern kernels storing their raw
   sums and re-reading the tile for the bias and activation (``conv_kernel.EPILOGUE_IN_REGISTERS =
   False``) instead of applying them to the accumulators as they store them.
+- ``whole-last-chunk``: block-sparse convs computing every pixel of their last pixel chunk
+  (``conv_kernel.TAIL_PIXELS = False``) instead of the outputs below ``g.m`` only, a partial vector's
+  pixels one at a time (:func:`~npas_lightning.compiler.conv_kernel.tail_split`).
 
 ``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
 ``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.
@@ -212,7 +215,9 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                           lambda: _compiler_flag("PLANES_OUTPUT_SKIPS_PHASES", False)),
                "stored-epilogue": ("sparse kernels storing raw sums, then re-reading them for the epilogue "
                                    "(EPILOGUE_IN_REGISTERS off)",
-                                   lambda: _compiler_flag("EPILOGUE_IN_REGISTERS", False, "conv_kernel"))}
+                                   lambda: _compiler_flag("EPILOGUE_IN_REGISTERS", False, "conv_kernel")),
+               "whole-last-chunk": ("block-sparse convs computing all of their last pixel chunk (TAIL_PIXELS off)",
+                                    lambda: _compiler_flag("TAIL_PIXELS", False, "conv_kernel"))}
 
 
 def _timing_input(buf, arg, rng: np.random.Generator, dev):

@@ -1,4 +1,4 @@
-"""Ablations of three kernel decisions, each variant timed interleaved with the other in this process.
+"""Ablations of five kernel decisions, each variant timed interleaved with the other in this process.
 
 1. Register tiles on the stack (``conv_kernel.STACK_SCOPE = "global"``) against TVM's ``"local"``
    scope, which on CPU becomes a workspace allocation per tile: the same kernel built both ways on
@@ -15,6 +15,11 @@
    (:func:`~npas_lightning.compiler.epilogue.fast_exp`) against TOPI's Cephes form, and hard-swish
    times 1/6 against a division by 6, on sparse 1x1 expand convs and depthwise convs of
    efficientnet_b0's and mobilenetv3's shapes.
+5. The block-sparse conv's last pixel chunk computed whole (``conv_kernel.TAIL_PIXELS = False``)
+   against only its outputs below ``g.m`` (:func:`~npas_lightning.compiler.conv_kernel.tail_split`:
+   whole vectors, then single pixels), on ``block_punched`` / ``block_based`` 5x layers whose pixel
+   count is not a multiple of the pixel tile (a 3x3 stride-2 conv @28: 210 of 224; 1x1 convs @14 and
+   @7), with one reduction and in channel blocks.
 
 Usage::
 
@@ -46,7 +51,7 @@ from npas_lightning.compiler.sparse_pack import pack_sparse_rows  # noqa: E402
 
 NAME = "bench_kernel_ablation"
 #: the ablations, in the order they run (``--only``)
-ABLATIONS = ("stack", "pattern", "cblock", "activation")
+ABLATIONS = ("stack", "pattern", "cblock", "activation", "tail")
 
 
 @contextmanager
@@ -173,6 +178,45 @@ def run_pairs(b: Bench, cases, ways: dict, log) -> list[dict]:
     return rows
 
 
+@contextmanager
+def last_chunk(tail: bool):
+    """Build block-sparse convs computing their last pixel chunk whole (``tail=False``) or up to ``g.m``."""
+    old = conv_kernel.TAIL_PIXELS
+    conv_kernel.TAIL_PIXELS = tail
+    clear_kernel_caches()
+    try:
+        yield
+    finally:
+        conv_kernel.TAIL_PIXELS = old
+        clear_kernel_caches()
+
+
+def tail_cases(b: Bench) -> list[tuple[str, Callable[[], object]]]:
+    """(label, build) pairs: 5x block-sparse convs whose last pixel chunk is partly past ``g.m``."""
+    s2 = Layer("3x3 s2 128->128 @28", "conv", (1, 128, 28, 28, 128, 3, 2))
+    pw14 = Layer("1x1 112->672 @14", "conv", (1, 112, 14, 14, 672, 1, 1))
+    pw7 = Layer("1x1 672->192 @7", "conv", (1, 672, 7, 7, 192, 1, 1))
+    pw28 = Layer("1x1 256->256 @28", "conv", (1, 256, 28, 28, 256, 1, 1))
+    w_s2 = masked_weight(s2, "block_punched", 5.0, seed=2, block=(8, 4), balanced=True)
+    w14, w7, w28 = (masked_weight(layer, "block_based", 5.0, seed=2, block=(16, 4)) for layer in (pw14, pw7, pw28))
+    cases = []
+    for layer, w, tile, cblock in ((s2, w_s2, ConvTile(8, 2, 16), 0), (s2, w_s2, ConvTile(8, 3, 16), 0),
+                                   (pw14, w14, ConvTile(8, 2, 16), 0), (pw14, w14, ConvTile(16, 1, 16), 0),
+                                   (pw7, w7, ConvTile(8, 2, 16), 0), (pw7, w7, ConvTile(4, 4, 16), 0),
+                                   (pw28, w28, ConvTile(8, 2, 16), 32)):
+        g = layer.geom(tile)
+        split = conv_kernel.tail_split(g, tile)
+        choice = KernelChoice.of("block", tile, cblock) if cblock else tile
+        label = (f"{layer.name}, 5x, tile {tile.ft}x{tile.mt}{f' cb{cblock}' if cblock else ''}: last chunk "
+                 f"{split[0]} vectors + {split[1]} pixels ({g.m} of {g.mp} outputs)")
+        cases.append((label, lambda layer=layer, choice=choice, w=w: b.conv(layer, choice, w, sparse=True)[0]))
+    return cases
+
+
+def run_tail(b: Bench, log) -> list[dict]:
+    return run_pairs(b, tail_cases(b), {"whole": lambda: last_chunk(False), "tail": lambda: last_chunk(True)}, log)
+
+
 def run_activation(b: Bench, log) -> list[dict]:
     return run_pairs(b, activation_cases(b), {"before": lambda: activation_forms("before"),
                                               "current": lambda: activation_forms("current")}, log)
@@ -269,6 +313,7 @@ def main() -> None:
     pattern = run_pattern(b, args.rates, log) if "pattern" in args.only else []
     cblock = run_cblock(b, args.block_rates, log) if "cblock" in args.only else []
     activation = run_activation(b, log) if "activation" in args.only else []
+    tail = run_tail(b, log) if "tail" in args.only else []
     t1 = Table(title="register tiles: TVM workspace ('local') vs stack ('global'), same kernel")
     for col in ("kernel", "workspace ms", "stack ms", "speedup"):
         t1.add_column(col, justify="left" if col == "kernel" else "right")
@@ -291,13 +336,20 @@ def main() -> None:
         t4.add_column(col, justify="left" if col == "kernel" else "right")
     for r in activation:
         t4.add_row(r["kernel"], f"{r['before_ms']:.4f}", f"{r['current_ms']:.4f}", f"{r['speedup']:.3f}")
-    console.print(*(t for t, rows in ((t1, stack), (t2, pattern), (t3, cblock), (t4, activation)) if rows))
+    t5 = Table(title="block-sparse convs: the last pixel chunk computed whole vs only below g.m, same kernel")
+    for col in ("kernel", "whole ms", "tail ms", "speedup"):
+        t5.add_column(col, justify="left" if col == "kernel" else "right")
+    for r in tail:
+        t5.add_row(r["kernel"], f"{r['whole_ms']:.4f}", f"{r['tail_ms']:.4f}", f"{r['speedup']:.3f}")
+    console.print(*(t for t, rows in ((t1, stack), (t2, pattern), (t3, cblock), (t4, activation), (t5, tail))
+                    if rows))
     command = "python benchmarks/bench_kernel_ablation.py " + " ".join(sys.argv[1:])
     name = NAME if set(args.only) == set(ABLATIONS) else "_".join([NAME, *args.only])
     path = write_results(name, command.strip(), {"threads": args.threads, "repeats": args.repeats,
                                                  "elapsed_s": time.perf_counter() - t0,
                                                  "stack_scope": stack, "pattern_kernel": pattern,
-                                                 "block_conv_cblock": cblock, "activation_forms": activation})
+                                                 "block_conv_cblock": cblock, "activation_forms": activation,
+                                                 "last_chunk": tail})
     console.print(f"wrote {path}")
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "planes_from_nchw",
     "plane_mask",
     "nchw_from_planes",
+    "tail_split",
 ]
 
 
@@ -292,7 +293,7 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
         if cblock is not None:
             starts = channel_starts(chan, counts, cblock, g.c)
             return (_conv_blocked_built(g, tile, kept.shape[1], fn, starts.shape[1] - 1, epilogue, masked,
-                                        EPILOGUE_IN_REGISTERS),
+                                        EPILOGUE_IN_REGISTERS, TAIL_PIXELS),
                     (chan, shift, starts))
         return _conv_counts_primfunc(g, tile, kept.shape[1], counts, epilogue, gate, masked, live, phases), \
             (chan, shift)
@@ -364,7 +365,7 @@ def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.nd
     same function."""
     return _conv_counts_built(g, tile, k, tuple(int(v) for v in counts), epilogue, gate, masked,
                               None if live is None else tuple(bool(v) for v in live), EPILOGUE_IN_REGISTERS,
-                              phases)
+                              phases, TAIL_PIXELS)
 
 
 def _gated_weights(w, gx, channel):
@@ -481,6 +482,48 @@ def start_tile(acc: list, tile: ConvTile, f0=None, bias=None) -> None:
         T.buffer_store(acc[fi], tirx.const(0, "float32") if bias is None else bias[f0 + fi], [i])
 
 
+def store_pixel(y, acc, tile: ConvTile, n, f0, m, epilogue: str | None = None, bias=None, mask=None,
+                in_registers: bool = True, biased: bool = False) -> None:
+    """IR builder: store one pixel's filter vector ``acc`` (``tile.ft`` sums) at ``y[n, f0 + fi, m]``,
+    with the epilogue as :func:`store_tile` applies it."""
+    from tvm.tirx.script import builder as T
+
+    from .epilogue import activation_expr
+
+    with T.vectorized(0, tile.ft) as fi:
+        v = acc[fi]
+        if epilogue is not None:
+            v = activation_expr(epilogue, v if biased and in_registers else v + bias[f0 + fi])
+            v = v if mask is None else v * mask[m]
+        T.buffer_store(y, v, [n, f0 + fi, m])
+
+
+#: the block-sparse conv's last pixel chunk computes only the outputs below ``g.m`` (the rounding to
+#: whole chunks adds the rest): whole vectors, then the pixels of a last partial vector one at a time
+#: (a vector of the tile's filters each) when they are fewer than the filters; the rest of the chunk
+#: is stored as 0. :func:`tail_split` says how much
+TAIL_PIXELS = True
+
+
+def tail_split(g: ConvGeometry, tile: ConvTile) -> tuple[int, int]:
+    """``(vectors, pixels)`` the block-sparse conv's last pixel chunk computes: whole vectors of
+    ``tile.vw`` pixels, then single pixels, covering the chunk's outputs below ``g.m``
+    (``(tile.mt, 0)``: the whole chunk). A partial vector becomes single pixels when it holds fewer
+    than ``tile.ft`` of them (a pixel costs one multiply-add per entry, a vector ``ft``).
+
+    Example (a 3x3 stride-2 conv @28: 14 rows of 15, 210 outputs, in 7 chunks of 32):
+        >>> g = ConvGeometry.make(1, 8, 28, 28, 8, (3, 3), 2, (1, 1, 1, 1), pixels=32)
+        >>> (g.m, g.mp, tail_split(g, ConvTile(8, 2, 16)))
+        (210, 224, (1, 2))
+    """
+    px = tile.pixels
+    need = g.m - (g.mp // px - 1) * px  # outputs of the last chunk below g.m
+    whole, rest = divmod(need, tile.vw)
+    if rest >= tile.ft:
+        whole, rest = whole + 1, 0
+    return (whole, rest) if (whole, rest) != (tile.mt, 0) else (tile.mt, 0)
+
+
 def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None) -> None:
     """IR builder: ``y[n, f0 + fi, m0 + i] = act(y[...] + bias[f0 + fi])`` (times ``mask[m0 + i]``
     when given) over a stored register tile, re-read in a loop over its filters, so the activation's
@@ -498,11 +541,12 @@ def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None)
 def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tuple[int, ...],
                        epilogue: str | None = None, gate: bool = False, masked: bool = False,
                        live: tuple[bool, ...] | None = None, in_registers: bool = True,
-                       phases: tuple[int, tuple[int, ...]] | None = None):
+                       phases: tuple[int, tuple[int, ...]] | None = None, tail: bool = True):
     """The block-sparse conv with per-tile reduction lengths (TIR, same loop structure as the TE kernel):
     parallel over (image, outer tile), the inner tile loop serial (:func:`pixel_outer` picks which of
     filter tiles and pixel chunks is outer); ``ft x mt`` vectors of accumulators in registers.
-    ``live``: only the pixel chunks flagged True are computed, the others stored as 0.
+    ``live``: only the pixel chunks flagged True are computed, the others stored as 0. ``tail``
+    (:data:`TAIL_PIXELS`): the last chunk computes only what :func:`tail_split` keeps of it.
 
     Built with TVM's IR builder rather than parsed TVMScript: the rewrite step of an efficientnet_b0
     compile went from 1.3-1.6 s to 0.75 s (``compile_breakdown`` in
@@ -518,6 +562,8 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
     swap = pixel_outer(g)
     chunks = g.mp // px
     outer_n, inner_n = (chunks, fn) if swap else (fn, chunks)
+    vectors, pixels = tail_split(g, tile) if tail else (tile.mt, 0)
+    short = ConvTile(ft, vectors, tile.vw)  # the last chunk's register tile
 
     with IRBuilder() as ib, T.prim_func():
         x, w, kc, ks = _gathered_conv_args(g, fn, k, ft)
@@ -532,10 +578,16 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                 n, fb = t // outer_n, u if swap else t % outer_n
                 m0 = (t % outer_n if swap else u) * px
 
-                def tile_sums():
-                    acc = accumulators(ft, px)
+                def tile_sums(vt: ConvTile, rem: int):
+                    # ``vt``: the register tile of vectors; ``rem``: single pixels after them (the last chunk)
+                    acc = accumulators(ft, vt.pixels) if vt.mt else []
+                    one = [T.alloc_buffer((ft,), "float32", scope=STACK_SCOPE) for _ in range(rem)]
                     biased = bool(epilogue) and in_registers  # the tile starts from the bias
-                    start_tile(acc, tile, fb * ft, bias if biased else None)
+                    if vt.mt:
+                        start_tile(acc, vt, fb * ft, bias if biased else None)
+                    for p in one:
+                        with T.vectorized(0, ft) as fi:
+                            T.buffer_store(p, bias[fb * ft + fi] if biased else tirx.const(0, "float32"), [fi])
                     cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
                     T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
                     if gate:  # scale the tile's weights once (at each new filter tile)
@@ -543,18 +595,41 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                               T.serial(0, cnt[0]) as rk, T.serial(0, ft) as fi):
                             T.buffer_store(wg, w[fb, rk, fi] * gates[n, kc[fb, rk]], [rk, fi])
                     with T.serial(0, cnt[0]) as rk:
-                        for fi, i in register_tile(tile):
+                        for fi, i in register_tile(vt) if vt.mt else ():
                             weight = wg[rk, fi] if gate else w[fb, rk, fi]
                             T.buffer_store(acc[fi], acc[fi][i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                    store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
+                        for j, p in enumerate(one):  # a filter vector per pixel: the input broadcast
+                            with T.vectorized(0, ft) as fi:
+                                weight = wg[rk, fi] if gate else w[fb, rk, fi]
+                                pos = ks[fb, rk] + m0 + vt.pixels + j
+                                T.buffer_store(p, p[fi] + weight * x[n, kc[fb, rk], pos], [fi])
+                    if vt.mt:
+                        store_tile(y, acc, vt, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
+                    if vt.mt == tile.mt:
+                        return
+                    with T.serial(0, ft) as fi, T.serial(vt.pixels, px) as i:  # nobody reads past g.m
+                        T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
+                    for j, p in enumerate(one):
+                        store_pixel(y, p, tile, n, fb * ft, m0 + vt.pixels + j, epilogue, bias, mask,
+                                    in_registers, biased)
+
+                def sums():
+                    if (vectors, pixels) == (tile.mt, 0):
+                        tile_sums(tile, 0)
+                        return
+                    with T.If(((t % outer_n) if swap else u) == chunks - 1):
+                        with T.Then():
+                            tile_sums(short, pixels)
+                        with T.Else():
+                            tile_sums(tile, 0)
 
                 def chunk():
                     if live is None:
-                        tile_sums()
+                        sums()
                     else:  # chunks outside hold only padding: 0, no sums
                         with T.If(_chunk_is_live(live, m0 // px)):
                             with T.Then():
-                                tile_sums()
+                                sums()
                             with T.Else():
                                 for fi, i in register_tile(tile):
                                     T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
@@ -694,15 +769,19 @@ def channel_starts(chan: np.ndarray, counts: np.ndarray, cblock: int, channels: 
 
 @functools.lru_cache(maxsize=256)
 def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks: int, epilogue: str | None = None,
-                        masked: bool = False, in_registers: bool = True):
+                        masked: bool = False, in_registers: bool = True, tail: bool = True):
     """The block-sparse conv over channel blocks (``conv_primfunc(..., cblock=...)``): parallel over
     (image, pixel chunk); per channel block, every filter tile adds the block's entries
-    (``S[fb, cb]`` to ``S[fb, cb+1]``) to its ``Y`` tile, the last block applying the epilogue."""
+    (``S[fb, cb]`` to ``S[fb, cb+1]``) to its ``Y`` tile, the last block applying the epilogue.
+    ``tail``: the last chunk computes only what :func:`tail_split` keeps of it, as
+    :func:`_conv_counts_built` does."""
+    from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script import builder as T
 
     ft, px = tile.ft, _check_pixels(g, tile)
     chunks = g.mp // px
+    vectors, pixels = tail_split(g, tile) if tail else (tile.mt, 0)
     with IRBuilder() as ib, T.prim_func():
         x, w, kc, ks = _gathered_conv_args(g, fn, k, ft)
         sb = T.arg("S", T.buffer((fn, blocks + 1), "int32"))
@@ -712,20 +791,57 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
         T.func_attr({"tirx.noalias": True})
         with T.parallel(0, g.n * chunks) as t:
             n, m0 = t // chunks, (t % chunks) * px
-            with T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
-                acc = accumulators(ft, px)
-                biased = bool(epilogue) and in_registers  # the tile starts from the bias
-                with T.If(cb == 0):  # the first block starts from 0 (or the bias), the others from Y
-                    with T.Then():   # (a branch: a select would load Y on the first block too)
-                        start_tile(acc, tile, fb * ft, bias if biased else None)
+
+            def chunk_sums(vt: ConvTile, rem: int):
+                # ``vt``: the register tile of vectors; ``rem``: single pixels after them (the last chunk)
+                with T.serial(0, blocks) as cb, T.serial(0, fn) as fb:
+                    acc = accumulators(ft, vt.pixels) if vt.mt else []
+                    one = [T.alloc_buffer((ft,), "float32", scope=STACK_SCOPE) for _ in range(rem)]
+                    at = [m0 + vt.pixels + j for j in range(rem)]
+                    biased = bool(epilogue) and in_registers  # the tile starts from the bias
+                    with T.If(cb == 0):  # the first block starts from 0 (or the bias), the others from Y
+                        with T.Then():   # (a branch: a select would load Y on the first block too)
+                            if vt.mt:
+                                start_tile(acc, vt, fb * ft, bias if biased else None)
+                            for p in one:
+                                with T.vectorized(0, ft) as fi:
+                                    T.buffer_store(p, bias[fb * ft + fi] if biased else tirx.const(0, "float32"), [fi])
+                        with T.Else():
+                            for fi, i in register_tile(vt) if vt.mt else ():
+                                T.buffer_store(acc[fi], y[n, fb * ft + fi, m0 + i], [i])
+                            for p, m in zip(one, at):
+                                with T.vectorized(0, ft) as fi:
+                                    T.buffer_store(p, y[n, fb * ft + fi, m], [fi])
+                    with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
+                        for fi, i in register_tile(vt) if vt.mt else ():
+                            T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
+                        for p, m in zip(one, at):  # a filter vector per pixel: the input broadcast
+                            with T.vectorized(0, ft) as fi:
+                                T.buffer_store(p, p[fi] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m], [fi])
+                    last = cb == blocks - 1  # the epilogue applied by the last block
+                    if vt.mt:
+                        store_tile(y, acc, vt, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased, last=last)
+                    if vt.mt < tile.mt:
+                        with T.serial(0, ft) as fi, T.serial(vt.pixels, px) as i:  # nobody reads past g.m
+                            T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
+                    for p, m in zip(one, at):
+                        if epilogue is None:
+                            store_pixel(y, p, tile, n, fb * ft, m)
+                            continue
+                        with T.If(last):
+                            with T.Then():
+                                store_pixel(y, p, tile, n, fb * ft, m, epilogue, bias, mask, in_registers, biased)
+                            with T.Else():
+                                store_pixel(y, p, tile, n, fb * ft, m)
+
+            if (vectors, pixels) == (tile.mt, 0):
+                chunk_sums(tile, 0)
+            else:
+                with T.If(t % chunks == chunks - 1):
+                    with T.Then():
+                        chunk_sums(ConvTile(ft, vectors, tile.vw), pixels)
                     with T.Else():
-                        for fi, i in register_tile(tile):
-                            T.buffer_store(acc[fi], y[n, fb * ft + fi, m0 + i], [i])
-                with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
-                    for fi, i in register_tile(tile):
-                        T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                store_tile(y, acc, tile, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased,
-                           last=cb == blocks - 1)  # the epilogue applied by the last block
+                        chunk_sums(tile, 0)
     return ib.get()
 
 

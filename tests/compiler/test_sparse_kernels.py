@@ -373,3 +373,51 @@ def test_conv_loop_orders_match_torch(monkeypatch, outer, counts, masked_weight)
     y = tvm.runtime.empty((2, 16, g.mp), "float32", DEV)
     lib(*_tensors(planes_from_nchw(x, g), pack_conv_weight(wt, 4)), y)
     np.testing.assert_allclose(nchw_from_planes(y.numpy(), g), ref, rtol=1e-4, atol=1e-4)
+
+
+TAIL_CASES = [  # c, f, h, w, k, stride, pad, tile, what the last chunk computes (tail_split)
+    (8, 16, 28, 28, 3, 2, (1, 1, 1, 1), ConvTile(8, 2, 16), (1, 2)),  # 14 rows of 15: 210 of 224
+    (12, 16, 14, 14, 1, 1, (0, 0, 0, 0), ConvTile(8, 2, 16), (0, 4)),  # 196 of 224
+    (8, 12, 7, 7, 1, 1, (0, 0, 0, 0), ConvTile(4, 4, 16), (3, 1)),  # 49 of 64
+    (8, 12, 7, 7, 1, 1, (0, 0, 0, 0), ConvTile(4, 1, 16), (0, 1)),
+    (8, 8, 5, 8, 1, 1, (0, 0, 0, 0), ConvTile(4, 2, 16), (1, 0)),  # 8 pixels left >= 4 filters: a vector
+]
+
+
+@pytest.mark.parametrize("kernel", ["filters outer", "pixels outer", "channel blocks"])
+@pytest.mark.parametrize("case", TAIL_CASES, ids=lambda c: f"k{c[4]}s{c[5]}@{c[2]}-{c[7].ft}x{c[7].mt}")
+def test_last_chunk_computes_only_the_outputs_below_m(monkeypatch, case, kernel, masked_weight):
+    """The block-sparse conv's last pixel chunk: whole vectors, then single pixels (a filter vector
+    each), the rest stored as 0; bias, SiLU (and a gate) as in the other chunks; the same outputs as
+    the kernel computing the whole chunk (``TAIL_PIXELS = False``), in both loop orders and in
+    channel blocks (the pixels' partial sums carried through ``Y``, the epilogue on the last block)."""
+    import npas_lightning.compiler.conv_kernel as ck
+
+    c, f, h, w, k, s, pad, tile, split = case
+    outer = kernel.split()[0]
+    cblock = c // 2 if kernel == "channel blocks" else None
+    monkeypatch.setattr(ck, "L2_INPUT_BYTES", 0 if outer == "pixels" else 1 << 40)
+    g = ConvGeometry.make(1, c, h, w, f, (k, k), s, pad, pixels=tile.pixels)
+    assert ck.tail_split(g, tile) == split
+    rng = np.random.default_rng(7)
+    wt = masked_weight((f, c, k, k), "block_punched", 3.0, seed=11, block=(4, 2))
+    x = rng.standard_normal((1, c, h, w)).astype("float32")
+    gate = rng.random((1, c)).astype("float32") if cblock is None else np.ones((1, c), "float32")
+    bias = rng.standard_normal(f).astype("float32")
+    pk = pack_sparse_rows(wt.reshape(f, -1), tile.ft)
+    fp = pk.packed.shape[0] * tile.ft
+    outs = {}
+    for tail in (True, False):
+        monkeypatch.setattr(ck, "TAIL_PIXELS", tail)
+        func, buffers = conv_primfunc(g, tile, kept=pk.kept, counts=pk.counts, epilogue="silu", gate=cblock is None,
+                                      cblock=cblock)
+        y = tvm.runtime.empty((1, fp, g.mp), "float32", DEV)
+        gates = [gate] if cblock is None else []
+        tvm.tirx.build(func, target=TARGET)(*_tensors(planes_from_nchw(x, g), pk.packed, *buffers, *gates,
+                                                      np.pad(bias, (0, fp - f))), y)
+        outs[tail] = y.numpy()
+    z = _ref_conv(x * gate[:, :, None, None], wt, s, pad) + bias[None, :, None, None]
+    np.testing.assert_allclose(nchw_from_planes(outs[True], g), z / (1 + np.exp(-z)), rtol=1e-4, atol=1e-5)
+    computed = (g.mp // tile.pixels - 1) * tile.pixels + split[0] * tile.vw + split[1]
+    np.testing.assert_allclose(outs[True][:, :, :computed], outs[False][:, :, :computed], rtol=1e-5, atol=1e-6)
+    assert computed >= g.m and not outs[True][:, :, computed:].any()  # nobody reads past g.m: zeros
