@@ -27,6 +27,7 @@ builds alone, in alternation: which layers gain less than the rate.
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare silu planes --planes-limits 1.25 1.5
     .venv/bin/python benchmarks/bench_function_breakdown.py --model mobilenetv3_large_100 --rate 5 --compare planes --planes-limits 1.25 1.5 2
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --compare activations silu
+    .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --unbalanced --compare whole-last-chunk
 
 ``--compare`` also builds the model other ways and times every build's whole model interleaved
 with the one compiled as usual:
@@ -112,13 +113,13 @@ def _group(name: str) -> str:
     return "fused elementwise + layout" if any(k in name for k in LAYOUT) else "other"
 
 
-def _pruned(model, rate: float):
-    """``model`` masked by the balanced uniform plan of ``bench_sparse_models`` at ``rate``."""
+def _pruned(model, rate: float, balanced: bool = True):
+    """``model`` masked by the uniform plan of ``bench_sparse_models`` at ``rate`` (balanced rows by default)."""
     from bench_sparse_models import uniform_plan
 
     from npas_lightning.algorithms.masking import apply_masks, compute_masks
 
-    plan = uniform_plan(model, rate, balanced=True)
+    plan = uniform_plan(model, rate, balanced=balanced)
     apply_masks(model, compute_masks(model, plan), plan)
     return model, plan
 
@@ -365,6 +366,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rate", type=float, default=None,
                    help="prune uniformly at this rate first (bench_sparse_models' balanced plan)")
+    p.add_argument("--unbalanced", action="store_true",
+                   help="with --rate: the plan without balanced rows (results file suffix _unbalanced)")
     p.add_argument("--compare", nargs="*", default=[], choices=sorted(COMPARISONS),
                    help="also build the model these ways and time all whole models interleaved (see above)")
     p.add_argument("--planes-limits", nargs="*", type=float, default=[],
@@ -373,6 +376,8 @@ def main() -> None:
                    help="with --rate: also build the dense model and time each layer's kernel in both builds "
                         "alone, in alternation (which layers gain less than the rate)")
     args = p.parse_args()
+    if args.unbalanced and args.rate is None:
+        p.error("--unbalanced is a pruning option: give --rate too")
     if args.kernel_speedups and args.rate is None:
         p.error("--kernel-speedups compares the pruned build's kernels with the dense build's: give --rate too")
     import tvm
@@ -382,7 +387,7 @@ def main() -> None:
     x = torch.randn(1, 3, args.size, args.size)
     spec = resolve_target("host", threads=args.threads)
     dense_import = import_model(model, x) if args.kernel_speedups else None
-    pruned = _pruned(model, args.rate) if args.rate is not None else None
+    pruned = _pruned(model, args.rate, not args.unbalanced) if args.rate is not None else None
 
     def frozen_import():
         """The model as compile_model prepares it (under the settings of the moment), imported."""
@@ -419,7 +424,7 @@ def main() -> None:
     context_groups: dict[str, float] = collections.defaultdict(float)
     for name, ms in in_context.items():
         context_groups["VM builtins (allocations, views)" if name.startswith("vm.") else _group(name)] += ms
-    label = "dense" if args.rate is None else f"{args.rate:g}x"
+    label = "dense" if args.rate is None else f"{args.rate:g}x" + (", unbalanced rows" if args.unbalanced else "")
     table = Table(title=f"{args.model} ({label}) @{args.size}, batch 1, {args.threads} threads: whole model "
                         f"{whole:.2f} ms ({instrumented_run:.2f} ms instrumented)")
     for col in ("group", "calls", "ms (sum of functions timed alone)", "ms in the model (instrumented)"):
@@ -455,7 +460,8 @@ def main() -> None:
         dense_build = build(dense_import)
         speedups = _kernel_speedups(dense_build, result, spec, dev, rng)
         _print_speedups(speedups, label)
-    suffix = ("" if args.rate is None else f"_{args.rate:g}x") + ("" if args.threads == 2 else f"_{args.threads}t")
+    suffix = (("" if args.rate is None else f"_{args.rate:g}x") + ("_unbalanced" if args.unbalanced else "")
+              + ("" if args.threads == 2 else f"_{args.threads}t"))
     path = write_results(f"bench_function_breakdown_{args.model}_{args.size}{suffix}",
                          "python benchmarks/bench_function_breakdown.py " + " ".join(sys.argv[1:]),
                          {"plan": label, "whole_model_ms": whole, "groups_ms": dict(groups), "calls": dict(counts),

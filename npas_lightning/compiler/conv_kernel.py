@@ -347,15 +347,21 @@ def check_counts(counts, kept_shape: tuple[int, int]) -> np.ndarray:
 
 
 def const_table(index, values: np.ndarray):
-    """``values[index]`` as a TIR expression of constants (a select chain), for small per-tile tables."""
+    """``values[index]`` as a TIR expression of constants, for per-tile tables: a balanced tree of
+    selects on ``index < split`` (runs of equal values collapse), depth ``log2(len)``. A chain of
+    ``index == i`` selects over 144 filter tiles (an unbalanced 1x1 conv's counts) took LLVM 0.34 s to
+    build the kernel, the tree 0.14 s (0.06 s with no table: balanced rows; development measurement)."""
     from tvm import tirx
 
     vals = [int(v) for v in values]
-    expr = tirx.IntImm("int32", vals[-1])
-    for i in range(len(vals) - 2, -1, -1):
-        if vals[i] != vals[-1] or i == 0:
-            expr = tirx.Select(index == i, tirx.IntImm("int32", vals[i]), expr)
-    return expr
+
+    def tree(lo: int, hi: int):  # values[lo:hi]
+        if all(v == vals[lo] for v in vals[lo:hi]):
+            return tirx.IntImm("int32", vals[lo])
+        mid = (lo + hi) // 2
+        return tirx.Select(index < mid, tree(lo, mid), tree(mid, hi))
+
+    return tree(0, len(vals))
 
 
 def _conv_counts_primfunc(g: ConvGeometry, tile: ConvTile, k: int, counts: np.ndarray, epilogue: str | None = None,
@@ -588,8 +594,6 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                     for p in one:
                         with T.vectorized(0, ft) as fi:
                             T.buffer_store(p, bias[fb * ft + fi] if biased else tirx.const(0, "float32"), [fi])
-                    cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
-                    T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
                     if gate:  # scale the tile's weights once (at each new filter tile)
                         with (T.If(tirx.const(True, "bool") if swap else u == 0), T.Then(),
                               T.serial(0, cnt[0]) as rk, T.serial(0, ft) as fi):
@@ -622,6 +626,9 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                             tile_sums(short, pixels)
                         with T.Else():
                             tile_sums(tile, 0)
+
+                cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
+                T.buffer_store(cnt, const_table(fb, counts), [0])  # an extent TVM does not re-analyse
 
                 def chunk():
                     if live is None:
