@@ -488,6 +488,26 @@ def start_tile(acc: list, tile: ConvTile, f0=None, bias=None) -> None:
         T.buffer_store(acc[fi], tirx.const(0, "float32") if bias is None else bias[f0 + fi], [i])
 
 
+def start_pixels(acc: list, ft: int, f0=None, bias=None) -> None:
+    """IR builder: set single pixels' filter vectors (``ft`` sums each) to 0, or to ``bias[f0 + fi]``."""
+    from tvm import tirx
+    from tvm.tirx.script import builder as T
+
+    for p in acc:
+        with T.vectorized(0, ft) as fi:
+            T.buffer_store(p, tirx.const(0, "float32") if bias is None else bias[f0 + fi], [fi])
+
+
+def add_pixels(acc: list, ft: int, weight, inputs: list) -> None:
+    """IR builder, inside a reduction: each single pixel's filter vector ``acc[j]`` += ``weight(fi) *
+    inputs[j]`` (one input broadcast over the tile's filters)."""
+    from tvm.tirx.script import builder as T
+
+    for p, xj in zip(acc, inputs, strict=True):
+        with T.vectorized(0, ft) as fi:
+            T.buffer_store(p, p[fi] + weight(fi) * xj, [fi])
+
+
 def store_pixel(y, acc, tile: ConvTile, n, f0, m, epilogue: str | None = None, bias=None, mask=None,
                 in_registers: bool = True, biased: bool = False) -> None:
     """IR builder: store one pixel's filter vector ``acc`` (``tile.ft`` sums) at ``y[n, f0 + fi, m]``,
@@ -527,7 +547,7 @@ def tail_split(g: ConvGeometry, tile: ConvTile) -> tuple[int, int]:
     whole, rest = divmod(need, tile.vw)
     if rest >= tile.ft:
         whole, rest = whole + 1, 0
-    return (whole, rest) if (whole, rest) != (tile.mt, 0) else (tile.mt, 0)
+    return whole, rest
 
 
 def store_epilogue(y, bias, epilogue: str, tile: ConvTile, n, f0, m0, mask=None) -> None:
@@ -588,12 +608,11 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                     # ``vt``: the register tile of vectors; ``rem``: single pixels after them (the last chunk)
                     acc = accumulators(ft, vt.pixels) if vt.mt else []
                     one = [T.alloc_buffer((ft,), "float32", scope=STACK_SCOPE) for _ in range(rem)]
+                    at = [m0 + vt.pixels + j for j in range(rem)]
                     biased = bool(epilogue) and in_registers  # the tile starts from the bias
                     if vt.mt:
                         start_tile(acc, vt, fb * ft, bias if biased else None)
-                    for p in one:
-                        with T.vectorized(0, ft) as fi:
-                            T.buffer_store(p, bias[fb * ft + fi] if biased else tirx.const(0, "float32"), [fi])
+                    start_pixels(one, ft, fb * ft, bias if biased else None)
                     if gate:  # scale the tile's weights once (at each new filter tile)
                         with (T.If(tirx.const(True, "bool") if swap else u == 0), T.Then(),
                               T.serial(0, cnt[0]) as rk, T.serial(0, ft) as fi):
@@ -602,20 +621,16 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                         for fi, i in register_tile(vt) if vt.mt else ():
                             weight = wg[rk, fi] if gate else w[fb, rk, fi]
                             T.buffer_store(acc[fi], acc[fi][i] + weight * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                        for j, p in enumerate(one):  # a filter vector per pixel: the input broadcast
-                            with T.vectorized(0, ft) as fi:
-                                weight = wg[rk, fi] if gate else w[fb, rk, fi]
-                                pos = ks[fb, rk] + m0 + vt.pixels + j
-                                T.buffer_store(p, p[fi] + weight * x[n, kc[fb, rk], pos], [fi])
+                        add_pixels(one, ft, lambda fi: wg[rk, fi] if gate else w[fb, rk, fi],
+                                   [x[n, kc[fb, rk], ks[fb, rk] + m] for m in at])
                     if vt.mt:
                         store_tile(y, acc, vt, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased)
                     if vt.mt == tile.mt:
                         return
                     with T.serial(0, ft) as fi, T.serial(vt.pixels, px) as i:  # nobody reads past g.m
                         T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
-                    for j, p in enumerate(one):
-                        store_pixel(y, p, tile, n, fb * ft, m0 + vt.pixels + j, epilogue, bias, mask,
-                                    in_registers, biased)
+                    for p, m in zip(one, at, strict=True):
+                        store_pixel(y, p, tile, n, fb * ft, m, epilogue, bias, mask, in_registers, biased)
 
                 def sums():
                     if (vectors, pixels) == (tile.mt, 0):
@@ -810,28 +825,24 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
                         with T.Then():   # (a branch: a select would load Y on the first block too)
                             if vt.mt:
                                 start_tile(acc, vt, fb * ft, bias if biased else None)
-                            for p in one:
-                                with T.vectorized(0, ft) as fi:
-                                    T.buffer_store(p, bias[fb * ft + fi] if biased else tirx.const(0, "float32"), [fi])
+                            start_pixels(one, ft, fb * ft, bias if biased else None)
                         with T.Else():
                             for fi, i in register_tile(vt) if vt.mt else ():
                                 T.buffer_store(acc[fi], y[n, fb * ft + fi, m0 + i], [i])
-                            for p, m in zip(one, at):
+                            for p, m in zip(one, at, strict=True):
                                 with T.vectorized(0, ft) as fi:
                                     T.buffer_store(p, y[n, fb * ft + fi, m], [fi])
                     with T.serial(sb[fb, cb], sb[fb, cb + 1]) as rk:
                         for fi, i in register_tile(vt) if vt.mt else ():
                             T.buffer_store(acc[fi], acc[fi][i] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m0 + i], [i])
-                        for p, m in zip(one, at):  # a filter vector per pixel: the input broadcast
-                            with T.vectorized(0, ft) as fi:
-                                T.buffer_store(p, p[fi] + w[fb, rk, fi] * x[n, kc[fb, rk], ks[fb, rk] + m], [fi])
+                        add_pixels(one, ft, lambda fi: w[fb, rk, fi], [x[n, kc[fb, rk], ks[fb, rk] + m] for m in at])
                     last = cb == blocks - 1  # the epilogue applied by the last block
                     if vt.mt:
                         store_tile(y, acc, vt, n, fb * ft, m0, epilogue, bias, mask, in_registers, biased, last=last)
                     if vt.mt < tile.mt:
                         with T.serial(0, ft) as fi, T.serial(vt.pixels, px) as i:  # nobody reads past g.m
                             T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
-                    for p, m in zip(one, at):
+                    for p, m in zip(one, at, strict=True):
                         if epilogue is None:
                             store_pixel(y, p, tile, n, fb * ft, m)
                             continue
