@@ -12,6 +12,11 @@ faster than our dense model and >= 2.4x faster than ONNX Runtime's dense model.
 Results go to ``benchmarks/results/bench_sparse_models[_balanced][_<size> unless 224].json``, with
 the machine's FMA peak and 64 MB copy bandwidth before and after (``machine_before`` / ``_after``,
 ``_peak.machine_state``): on a shared VM the models ran up to 2x slower in some minutes.
+
+Each timed sample lasts at least ``--sample-ms`` (30 ms by default; ``--number`` runs at the least):
+after the 0.2 s pause between engines the cores take a few milliseconds to run at full speed again,
+and samples of a fixed 5 runs (3 ms of a pruned mobilenetv3, 10 ms of its dense model) measured
+every engine 1.1-1.5x slower, the short pruned models most (``--sample-ms 0`` reproduces them).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def uniform_plan(model: torch.nn.Module, rate: float, *, balanced: bool,
 
 
 def bench_model(name: str, size: int, rates: list[float], threads: int, number: int, repeat: int,
-                balanced: bool) -> list[dict]:
+                balanced: bool, sample_ms: float = 30.0) -> list[dict]:
     torch.manual_seed(0)
     dense = timm.create_model(name, pretrained=False).eval()
     x = torch.randn(1, 3, size, size)
@@ -86,7 +91,7 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
     engines = [dataclasses.replace(tvm_engine(c, xn, session), name=key) for key, c in compiled.items()]
     engines.append(onnxruntime_engine(dense, xn, threads))
     stats = measure_interleaved(engines, number=number, repeat=repeat, warmup=2, threads=threads,
-                                target="host", input_shape=list(x.shape))
+                                target="host", input_shape=list(x.shape), min_sample_ms=sample_ms)
     for e in engines:
         if e.cleanup:
             e.cleanup()
@@ -110,16 +115,20 @@ def main() -> None:
     p.add_argument("--number", type=int, default=5)
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--balanced", action="store_true", help="balanced block rows (equal kept count per row)")
+    p.add_argument("--sample-ms", type=float, default=30.0,
+                   help="each timed sample lasts at least this long (0: --number runs, as before 2026-11-27 10:40 UTC)")
     args = p.parse_args()
     command = "python benchmarks/bench_sparse_models.py " + " ".join(sys.argv[1:])
     rows: list[dict] = []
     before = machine_state(args.threads)
     for name in args.models:
-        rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced)
+        rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced,
+                            args.sample_ms)
     after = machine_state(args.threads)
     name_suffix = ("_balanced" if args.balanced else "") + ("" if args.size == 224 else f"_{args.size}")
     path = write_results("bench_sparse_models" + name_suffix, command,
-                         {"threads": args.threads, "rows": rows, "machine_before": before, "machine_after": after})
+                         {"threads": args.threads, "sample_ms": args.sample_ms, "rows": rows, "machine_before": before,
+                          "machine_after": after})
     table = Table(title=f"uniform block-structured pruning, batch 1 @{args.size}, {args.threads} threads")
     # "compile s": compile_model's own total_s (the issue's compile time); compile_s in the results file
     # is the wall time around the call, the numerics check against PyTorch included

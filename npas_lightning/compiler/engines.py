@@ -7,6 +7,7 @@ all engines alike and the ratios stay meaningful.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -99,24 +100,37 @@ def onnxruntime_engine(model: nn.Module, x: np.ndarray, threads: int | None) -> 
 
 
 def measure_interleaved(engines: Sequence[Engine], *, number: int, repeat: int, warmup: int, threads: int | None,
-                        target: str, input_shape: Sequence[int], pause_s: float = 0.2) -> dict[str, LatencyStats]:
+                        target: str, input_shape: Sequence[int], pause_s: float = 0.2,
+                        min_sample_ms: float = 0.0) -> dict[str, LatencyStats]:
     """Time all engines in interleaved rounds; returns one :class:`LatencyStats` per engine name.
 
     ``pause_s`` passes between two engines' timings: ONNX Runtime's and TVM's thread pools spin
     for a while after a run, and without a pause that spinning steals the cores from the next
     engine. Our dense models timed right after ONNX Runtime were 10-50% slow without one, and ONNX
-    Runtime timed 20 ms after TVM on two threads ran about 2x slow: TVM's workers spin longer."""
+    Runtime timed 20 ms after TVM on two threads ran about 2x slow: TVM's workers spin longer.
+
+    ``min_sample_ms`` (> 0): each engine runs at least ``number`` times per sample, and more, so that
+    a sample lasts about that long (from its last warm-up run). After the pause the cores take a few
+    milliseconds to run at full speed again: on a 2-core AMD EPYC VM, samples of 5 runs (3 ms of a
+    pruned mobilenetv3) measured every engine 1.1-1.5x slower than samples of 50, the short models
+    most (``bench_sparse_models.py --sample-ms``).
+    """
+    if isinstance(min_sample_ms, bool) or not isinstance(min_sample_ms, (int, float)) or min_sample_ms < 0:
+        raise ValueError(f"min_sample_ms={min_sample_ms!r}: expected a number >= 0 (milliseconds per sample)")
+    runs: dict[str, int] = {}
     for eng in engines:
-        for _ in range(max(0, warmup)):
-            eng.time(1)
+        last = None
+        for _ in range(max(1, warmup) if min_sample_ms else max(0, warmup)):
+            last = eng.time(1)
+        runs[eng.name] = number if not min_sample_ms else max(number, math.ceil(min_sample_ms / 1e3 / max(last, 1e-9)))
     samples: dict[str, list[float]] = {e.name: [] for e in engines}
     for _ in range(repeat):
         for eng in engines:
             time.sleep(pause_s)
-            samples[eng.name].append(eng.time(number))
+            samples[eng.name].append(eng.time(runs[eng.name]))
     out = {}
     for eng in engines:
         out[eng.name] = LatencyStats.from_seconds(
-            samples[eng.name], runs=number, repeats=repeat, warmup=warmup, threads=int(threads or 0),
+            samples[eng.name], runs=runs[eng.name], repeats=repeat, warmup=warmup, threads=int(threads or 0),
             target=target if eng.name == "tvm" else "local", input_shape=tuple(input_shape), device=eng.device)
     return out
