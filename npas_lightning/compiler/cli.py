@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="threads generating code while compiling (default: all cores; 1: one thread)")
     p.add_argument("--number", type=int, default=10, help="runs per sample")
     p.add_argument("--repeat", type=int, default=5, help="samples (rounds) per engine")
+    p.add_argument("--sample-ms", type=float, default=0.0,
+                   help="each sample lasts at least this long (more than --number runs for a fast engine; "
+                        "0: --number runs)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up runs per engine")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size for timm names")
     p.add_argument("--ndk-cc", default=None, help="cross compiler for arm64-android / adreno-opencl")
@@ -128,6 +131,8 @@ def run(args) -> dict[str, Any]:
     bad = [c for c in compare if c not in ENGINES or c == "tvm"]
     if bad:
         raise ValueError(f"--compare {args.compare!r}: unknown engine(s) {bad}; choose from torch, onnxruntime")
+    if not args.sample_ms >= 0:
+        raise ValueError(f"--sample-ms {args.sample_ms!r}: expected milliseconds >= 0 (0: --number runs per sample)")
     for name in ("number", "repeat"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -153,7 +158,8 @@ def run(args) -> dict[str, Any]:
                        else onnxruntime_engine(model, xn, args.threads))
     try:
         stats = measure_interleaved(engines, number=args.number, repeat=args.repeat, warmup=args.warmup,
-                                    threads=args.threads, target=spec.name, input_shape=shape)
+                                    threads=args.threads, target=spec.name, input_shape=shape,
+                                    min_sample_ms=args.sample_ms)
     finally:
         for e in engines:
             if e.cleanup:

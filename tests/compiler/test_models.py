@@ -50,14 +50,16 @@ def test_small_efficientnet_parity_with_se_and_depthwise():
 
 def test_cli_json(capsys):
     rc = cli_main(["test_efficientnet", "--input", "1x3x32x32", "--threads", "2", "--compare", "torch,onnxruntime",
-                   "--number", "2", "--repeat", "2", "--warmup", "1", "--json"])
+                   "--number", "2", "--repeat", "2", "--warmup", "1", "--sample-ms", "5", "--json"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"model", "input", "target", "results"}
     assert report["model"] == "test_efficientnet" and report["input"] == [1, 3, 32, 32] and report["target"] == "host"
     assert set(report["results"]) == {"tvm", "torch", "onnxruntime"}
     for r in report["results"].values():
-        assert r["median_ms"] > 0 and r["repeats"] == 2 and r["runs"] == 2
+        # at least --number runs, more where one run is shorter than half of --sample-ms (5 ms)
+        assert r["median_ms"] > 0 and r["repeats"] == 2 and r["runs"] >= 2
+    assert report["results"]["tvm"]["runs"] > 2  # a 32x32 model runs in well under a millisecond
     assert report["results"]["tvm"]["numerics"]["ok"]
 
 
@@ -66,6 +68,8 @@ def test_cli_errors(capsys):
     assert "--input '1x3xbad' is not a shape like 1x3x224x224" in capsys.readouterr().err
     assert cli_main(["resnet18", "--input", "1x3x8x8", "--compare", "tflite"]) == 2
     assert "unknown engine(s) ['tflite']" in capsys.readouterr().err
+    assert cli_main(["resnet18", "--input", "1x3x8x8", "--sample-ms", "-1"]) == 2
+    assert "--sample-ms -1.0: expected milliseconds >= 0 (0: --number runs per sample)" in capsys.readouterr().err
     assert cli_main(["not_a_model_xyz", "--input", "1x3x8x8"]) == 2
     assert "is neither a checkpoint file nor a timm model name" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"--input '0x3' is not a shape"):
