@@ -116,7 +116,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--balanced", action="store_true", help="balanced block rows (equal kept count per row)")
     p.add_argument("--sample-ms", type=float, default=30.0,
-                   help="each timed sample lasts at least this long (0: --number runs, as before 2026-11-27 10:40 UTC)")
+                   help="each timed sample lasts at least this long (0: --number runs per sample)")
     args = p.parse_args()
     command = "python benchmarks/bench_sparse_models.py " + " ".join(sys.argv[1:])
     rows: list[dict] = []

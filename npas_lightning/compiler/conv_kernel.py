@@ -509,17 +509,25 @@ def add_pixels(acc: list, ft: int, weight, inputs: list) -> None:
 
 
 def store_pixel(y, acc, tile: ConvTile, n, f0, m, epilogue: str | None = None, bias=None, mask=None,
-                in_registers: bool = True, biased: bool = False) -> None:
+                biased: bool = False, last=None) -> None:
     """IR builder: store one pixel's filter vector ``acc`` (``tile.ft`` sums) at ``y[n, f0 + fi, m]``,
-    with the epilogue as :func:`store_tile` applies it."""
+    with the epilogue (``biased``: the sums started from the bias) where ``last`` holds, as
+    :func:`store_tile` applies it."""
     from tvm.tirx.script import builder as T
 
     from .epilogue import activation_expr
 
+    if epilogue is not None and last is not None:
+        with T.If(last):
+            with T.Then():
+                store_pixel(y, acc, tile, n, f0, m, epilogue, bias, mask, biased)
+            with T.Else():
+                store_pixel(y, acc, tile, n, f0, m)
+        return
     with T.vectorized(0, tile.ft) as fi:
         v = acc[fi]
         if epilogue is not None:
-            v = activation_expr(epilogue, v if biased and in_registers else v + bias[f0 + fi])
+            v = activation_expr(epilogue, v if biased else v + bias[f0 + fi])
             v = v if mask is None else v * mask[m]
         T.buffer_store(y, v, [n, f0 + fi, m])
 
@@ -630,7 +638,7 @@ def _conv_counts_built(g: ConvGeometry, tile: ConvTile, k: int, counts_key: tupl
                     with T.serial(0, ft) as fi, T.serial(vt.pixels, px) as i:  # nobody reads past g.m
                         T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
                     for p, m in zip(one, at, strict=True):
-                        store_pixel(y, p, tile, n, fb * ft, m, epilogue, bias, mask, in_registers, biased)
+                        store_pixel(y, p, tile, n, fb * ft, m, epilogue, bias, mask, biased)
 
                 def sums():
                     if (vectors, pixels) == (tile.mt, 0):
@@ -843,14 +851,7 @@ def _conv_blocked_built(g: ConvGeometry, tile: ConvTile, k: int, fn: int, blocks
                         with T.serial(0, ft) as fi, T.serial(vt.pixels, px) as i:  # nobody reads past g.m
                             T.buffer_store(y, tirx.const(0, "float32"), [n, fb * ft + fi, m0 + i])
                     for p, m in zip(one, at, strict=True):
-                        if epilogue is None:
-                            store_pixel(y, p, tile, n, fb * ft, m)
-                            continue
-                        with T.If(last):
-                            with T.Then():
-                                store_pixel(y, p, tile, n, fb * ft, m, epilogue, bias, mask, in_registers, biased)
-                            with T.Else():
-                                store_pixel(y, p, tile, n, fb * ft, m)
+                        store_pixel(y, p, tile, n, fb * ft, m, epilogue, bias, mask, biased, last=last)
 
             if (vectors, pixels) == (tile.mt, 0):
                 chunk_sums(tile, 0)

@@ -110,19 +110,20 @@ def measure_interleaved(engines: Sequence[Engine], *, number: int, repeat: int, 
     Runtime timed 20 ms after TVM on two threads ran about 2x slow: TVM's workers spin longer.
 
     ``min_sample_ms`` (> 0): each engine runs at least ``number`` times per sample, and more, so that
-    a sample lasts about that long (from its last warm-up run). After the pause the cores take a few
+    a sample lasts about that long, judged from its last warm-up run (at least one is run). After the pause the cores take a few
     milliseconds to run at full speed again: on a 2-core AMD EPYC VM, samples of 5 runs (3 ms of a
     pruned mobilenetv3) measured every engine 1.1-1.5x slower than samples of 50, the short models
     most (``bench_sparse_models.py --sample-ms``).
     """
     if isinstance(min_sample_ms, bool) or not isinstance(min_sample_ms, (int, float)) or min_sample_ms < 0:
         raise ValueError(f"min_sample_ms={min_sample_ms!r}: expected a number >= 0 (milliseconds per sample)")
-    runs: dict[str, int] = {}
+    runs = {eng.name: number for eng in engines}
     for eng in engines:
-        last = None
-        for _ in range(max(1, warmup) if min_sample_ms else max(0, warmup)):
-            last = eng.time(1)
-        runs[eng.name] = number if not min_sample_ms else max(number, math.ceil(min_sample_ms / 1e3 / max(last, 1e-9)))
+        per_run = None
+        for _ in range(max(0, warmup, 1 if min_sample_ms else 0)):  # one at least to size the samples
+            per_run = eng.time(1)
+        if min_sample_ms:
+            runs[eng.name] = max(number, math.ceil(min_sample_ms / 1e3 / max(per_run, 1e-9)))
     samples: dict[str, list[float]] = {e.name: [] for e in engines}
     for _ in range(repeat):
         for eng in engines:

@@ -57,9 +57,9 @@ def test_cli_json(capsys):
     assert report["model"] == "test_efficientnet" and report["input"] == [1, 3, 32, 32] and report["target"] == "host"
     assert set(report["results"]) == {"tvm", "torch", "onnxruntime"}
     for r in report["results"].values():
-        # at least --number runs, more where one run is shorter than half of --sample-ms (5 ms)
+        # at least --number runs; how many more --sample-ms adds depends on this machine's speed
+        # (test_engines.py checks the sizing with stated run times)
         assert r["median_ms"] > 0 and r["repeats"] == 2 and r["runs"] >= 2
-    assert report["results"]["tvm"]["runs"] > 2  # a 32x32 model runs in well under a millisecond
     assert report["results"]["tvm"]["numerics"]["ok"]
 
 
