@@ -13,18 +13,8 @@ The rooflines use ``fma`` (the best of a measurement before and after the benchm
 :func:`best_peak`); ``torch_sgemm`` is reported next to it.
 
 :func:`machine_state` adds the bandwidth of a 64 MB copy (whole models at batch 1 move their feature
-maps through L3 and memory) and :func:`parallel_round_trip_us`, what one parallel loop costs with no
-work in it: the workers started and waited for, a few cache lines passed between the cores.
-
-On the shared 2-vCPU AMD VM the round trip is 0.63-0.74 µs in most minutes and 1.8-1.9 µs in others,
-when the host runs the two vCPUs on cores far apart: a cache line then takes 360-410 ns to go from
-one core to the other and back instead of 72-120 ns, and reading 256 KiB the other core has just
-written 6.3-6.7 µs instead of 2.1-3.0 µs (a C ping-pong between two threads pinned to the two vCPUs,
-measured in turns with the models; 2026-11-27). Single-core speed does not change, so a model on one
-thread runs as fast as ever, but every model on two threads, ONNX Runtime's included, loses a
-roughly fixed 0.5-0.9 ms per run (mobilenetv3 @224: its 5x build 0.60-0.74 -> 1.23-1.58 ms). The
-whole-model benchmark therefore measures the round trip before every round and reports the rounds
-of each placement apart.
+maps through L3 and memory) and the parallel round trip of :mod:`_placement` (what one parallel loop
+with no work costs; it grows when the host runs the vCPUs on cores far apart).
 
 Example:
     >>> peak = machine_peak(2)            # doctest: +SKIP
@@ -132,72 +122,13 @@ def copy_bandwidth_gbs(threads: int, megabytes: int = 64) -> float:
     return 2 * n * 4 / best / 1e9
 
 
-def _empty_parallel(threads: int):
-    """PrimFunc ``(Y[threads, 16])``: a parallel loop of ``threads`` iterations, each adding 1 to one
-    element of its own cache line (64 bytes apart): nothing to compute, only the launch and the wait."""
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.tirx.script import builder as T
-
-    with IRBuilder() as ib, T.prim_func():
-        T.func_name("main")
-        y = T.arg("Y", T.buffer((threads, 16), "float32"))
-        with T.parallel(0, threads) as t:
-            T.buffer_store(y, y[t, 0] + T.float32(1), [t, 0])
-    return ib.get()
-
-
-def parallel_round_trip_us(threads: int, target: str = "host", calls: int = 2000, repeat: int = 3) -> float:
-    """µs per call of :func:`_empty_parallel` on ``threads`` threads, called ``calls`` times back to
-    back (median of ``repeat``): what every parallel function of a model pays before its work, and a
-    probe of how far apart the cores are at the moment (see the module docstring). About 5 ms."""
-    import tvm
-
-    from npas_lightning.compiler.targets import resolve_target
-    from npas_lightning.compiler.threads import configure_threads
-
-    spec = resolve_target(target, threads=threads)
-    configure_threads(threads)
-    lib = _built_round_trip(threads, spec.tvm_target)
-    y = tvm.runtime.tensor(np.zeros((threads, 16), "float32"), tvm.cpu())
-    timer = lib.time_evaluator(lib.entry_name, tvm.cpu(), number=calls, repeat=repeat)
-    return float(np.median(timer(y).results)) * 1e6
-
-
-_ROUND_TRIP_LIBS: dict = {}
-
-
-def _built_round_trip(threads: int, target):
-    """:func:`_empty_parallel` built once per thread count and target (it is probed before every round)."""
-    import tvm
-
-    key = (threads, str(target))
-    if key not in _ROUND_TRIP_LIBS:
-        _ROUND_TRIP_LIBS[key] = tvm.tirx.build(_empty_parallel(threads), target=target)
-    return _ROUND_TRIP_LIBS[key]
-
-
 def machine_state(threads: int, target: str = "host") -> dict[str, float]:
     """``{"fma": GFLOP/s, "copy_gbs": GB/s, "round_trip_us": µs}``: compute, memory and the cores'
     distance of the moment (see the module docstring)."""
+    from _placement import parallel_round_trip_us
+
     return {"fma": fma_peak_gflops(threads, target), "copy_gbs": copy_bandwidth_gbs(threads),
             "round_trip_us": parallel_round_trip_us(threads, target)}
-
-
-#: rounds whose parallel round trip is more than this times the lowest of the benchmark count as
-#: "far" (the cores placed apart by the host): 0.63-0.74 µs near, 1.8-1.9 µs far on the AMD VM
-FAR_ROUND_TRIP_FACTOR = 1.5
-
-
-def placements(round_trips: list[float]) -> list[str]:
-    """``"near"`` or ``"far"`` per round: a round trip above :data:`FAR_ROUND_TRIP_FACTOR` times the
-    lowest one is far.
-
-    Example:
-        >>> placements([0.66, 0.70, 1.86, 0.68])
-        ['near', 'near', 'far', 'near']
-    """
-    low = min(round_trips)
-    return ["far" if rt > FAR_ROUND_TRIP_FACTOR * low else "near" for rt in round_trips]
 
 
 def best_peak(*peaks: dict[str, float]) -> dict[str, float]:

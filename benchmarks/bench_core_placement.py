@@ -8,14 +8,15 @@ written is slower; one core alone runs as fast as ever. This script shows it in 
 round measures
 
 - ``round trip``: µs per call of an empty parallel loop on two threads
-  (``_peak.parallel_round_trip_us``), the probe the whole-model benchmark labels its rounds with;
+  (``_placement.parallel_round_trip_us``);
 - the dense and the pruned build of the model on two threads and on one, in samples of at least
   ``--sample-ms`` after a 0.2 s pause each;
 - where a C compiler is found (``cc``), ``core_pingpong.c`` built with it: a cache line's round trip
   between two threads pinned to CPUs 0 and 1 (ns), and CPU 1 reading 256 KiB that CPU 0 / that
   CPU 1 itself has just written (µs); ``--no-pingpong`` skips it;
 
-then labels each round ``near`` or ``far`` (``_peak.placements``) and reports the medians of each
+then labels each round ``near`` or ``far`` (``_placement.placements``, by the ping-pong where it
+ran) and reports the medians of each
 placement's rounds. The rounds are printed as they come, so a placement change shows as it happens.
 
     .venv/bin/python benchmarks/bench_core_placement.py                    # mobilenetv3 @224, 5x, 60 rounds
@@ -27,10 +28,7 @@ Results: ``benchmarks/results/bench_core_placement_<model>.json``.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,30 +44,11 @@ from npas_lightning.compiler.threads import configure_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_tile_cache, write_results  # noqa: E402
-from _peak import FAR_ROUND_TRIP_FACTOR, parallel_round_trip_us, placements  # noqa: E402
+from _placement import PingPong, placements, probe, rule  # noqa: E402
 from bench_sparse_models import uniform_plan  # noqa: E402
 
 #: timed per round: (build, threads)
 CELLS = [("dense", 2), ("pruned", 2), ("dense", 1), ("pruned", 1)]
-PINGPONG_SOURCE = Path(__file__).resolve().parent / "core_pingpong.c"
-
-
-def build_pingpong() -> Path | None:
-    """``core_pingpong.c`` built with the system's C compiler in a temporary folder; None without one."""
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return None
-    exe = Path(tempfile.mkdtemp(prefix="npas-pingpong-")) / "core_pingpong"
-    subprocess.run([cc, "-O2", "-pthread", str(PINGPONG_SOURCE), "-o", str(exe)], check=True)
-    return exe
-
-
-def run_pingpong(exe: Path) -> dict[str, float]:
-    """One run of the built ping-pong: ``{"roundtrip_ns", "read256k_other_us", "read256k_own_us"}``."""
-    words = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
-    return {key: float(value) for key, value in zip(words[::2], words[1::2], strict=True)}
-
-
 def _sample_ms(vm, dev, arg, threads: int, sample_ms: float) -> float:
     """Mean ms per run of one sample of at least ``sample_ms`` (at least 5 runs), after a 0.2 s pause
     and one run that sizes it."""
@@ -96,7 +75,7 @@ def main() -> None:
         p.error(f"--rounds {args.rounds}: expected at least 1")
     if args.sample_ms < 0:
         p.error(f"--sample-ms {args.sample_ms:g}: expected a number >= 0")
-    pingpong = None if args.no_pingpong else build_pingpong()
+    pingpong = None if args.no_pingpong else PingPong.build()
     if pingpong is None and not args.no_pingpong:
         print("no C compiler found (cc, gcc, clang): the ping-pong columns are left out")
     import tvm
@@ -118,36 +97,34 @@ def main() -> None:
     header = "time      round trip µs  " + "  ".join(f"{b} @{t}t ms".rjust(14) for b, t in CELLS)
     print(header + ("  ping-pong: line round trip ns, read 256 KiB other / own core µs" if pingpong else ""), flush=True)
     for _ in range(args.rounds):
-        trip = parallel_round_trip_us(2)
-        pp = run_pingpong(pingpong) if pingpong else {}
+        pr = probe(2, pingpong)
         ms = {f"{b}@{t}": _sample_ms(vms[b], dev, arg, t, args.sample_ms) for b, t in CELLS}
-        rounds.append({"time": time.strftime("%H:%M:%S"), "round_trip_us": trip, "ms": ms, "pingpong": pp})
-        line = f"{rounds[-1]['time']}  {trip:13.2f}  " + "  ".join(f"{v:14.3f}" for v in ms.values())
-        if pp:
-            line += f"  {pp['roundtrip_ns']:5.0f} {pp['read256k_other_us']:6.1f} {pp['read256k_own_us']:6.1f}"
+        rounds.append({"time": time.strftime("%H:%M:%S"), "probe": pr, "ms": ms})
+        line = f"{rounds[-1]['time']}  {pr['round_trip_us']:13.2f}  " + "  ".join(f"{v:14.3f}" for v in ms.values())
+        if pingpong:
+            line += f"  {pr['line_round_trip_ns']:5.0f} {pr['read256k_other_us']:6.1f} {pr['read256k_own_us']:6.1f}"
         print(line, flush=True)
-    labels = placements([r["round_trip_us"] for r in rounds])
+    probes = [r["probe"] for r in rounds]
+    labels = placements(probes)
     summary = {}
     for where in ("near", "far"):
         picked = [r for r, label in zip(rounds, labels, strict=True) if label == where]
         if picked:
             summary[where] = {"rounds": len(picked),
-                              "round_trip_us": float(np.median([r["round_trip_us"] for r in picked])),
+                              **{k: float(np.median([r["probe"][k] for r in picked])) for k in picked[0]["probe"]},
                               **{k: float(np.median([r["ms"][k] for r in picked])) for k in picked[0]["ms"]},
-                              **{f"pingpong_{k}": float(np.median([r["pingpong"][k] for r in picked]))
-                                 for k in picked[0]["pingpong"]},
                               # each round's ratio (both builds timed within a second), then the median
                               "pruned_vs_dense_2t": float(np.median([r["ms"]["dense@2"] / r["ms"]["pruned@2"]
                                                                      for r in picked]))}
     table = Table(title=f"{args.model} @{args.size}, dense and {args.rate:g}x builds, median ms per placement "
-                        f"(far: round trip above {FAR_ROUND_TRIP_FACTOR:g}x the lowest)")
+                        f"({rule(probes)})")
     extra = ("line round trip ns", "read 256 KiB other / own µs") if pingpong else ()
     for col in ("placement", "rounds", "round trip µs", *extra, *(f"{b} @{t} threads" for b, t in CELLS),
                 "pruned vs dense @2"):
         table.add_column(col, justify="right")
     for where, s in summary.items():
-        cells = ([f"{s['pingpong_roundtrip_ns']:.0f}",
-                  f"{s['pingpong_read256k_other_us']:.1f} / {s['pingpong_read256k_own_us']:.1f}"] if pingpong else [])
+        cells = ([f"{s['line_round_trip_ns']:.0f}",
+                  f"{s['read256k_other_us']:.1f} / {s['read256k_own_us']:.1f}"] if pingpong else [])
         table.add_row(where, str(s["rounds"]), f"{s['round_trip_us']:.2f}", *cells,
                       *(f"{s[f'{b}@{t}']:.3f}" for b, t in CELLS), f"{s['pruned_vs_dense_2t']:.2f}x")
     Console(width=150).print(table)
@@ -155,7 +132,7 @@ def main() -> None:
     path = write_results(f"bench_core_placement_{args.model}", command,
                          {"model": args.model, "size": args.size, "rate": args.rate, "sample_ms": args.sample_ms,
                           "rounds": [{**r, "placement": lab} for r, lab in zip(rounds, labels, strict=True)],
-                          "by_placement": summary})
+                          "placement_rule": rule(probes), "by_placement": summary})
     print(f"wrote {path}")
 
 

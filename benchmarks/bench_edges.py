@@ -12,7 +12,8 @@ input from the other core's cache. Right after B itself, everything B reads is w
 call left it. The difference is what the edge's cross-core data costs B (and A's leftovers in the
 caches).
 
-Rounds are labelled ``near`` or ``far`` by the round trip (``_peak.placements``): on the shared AMD VM
+Rounds are labelled ``near`` or ``far`` (``_placement``: by a C ping-pong between the cores where a C
+compiler is found, else by the parallel round trip; ``--no-pingpong``): on the shared AMD VM
 the host runs the two vCPUs on distant cores in some minutes, and there every cross-core read costs
 several times more. Per placement the script reports the edges' total extra time by the consumer's
 kind, and the edges that cost most.
@@ -38,7 +39,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_tile_cache, write_results  # noqa: E402
-from _peak import FAR_ROUND_TRIP_FACTOR, parallel_round_trip_us, placements  # noqa: E402
+from _placement import PingPong, placements, probe, rule  # noqa: E402
 from bench_function_breakdown import CONSOLE, _group, _pruned  # noqa: E402
 
 from npas_lightning.compiler.frontend import import_model  # noqa: E402
@@ -130,6 +131,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=15, help="edges listed per placement")
+    p.add_argument("--no-pingpong", action="store_true", help="label the rounds by the parallel round trip alone")
     args = p.parse_args()
     if args.rate is not None and args.rate <= 1:
         p.error(f"--rate {args.rate:g}: expected a pruning rate above 1 (leave it out for the dense model)")
@@ -139,6 +141,7 @@ def main() -> None:
         p.error(f"--threads {args.threads}: cross-core edges need at least 2 threads")
     from tvm import relax
 
+    pingpong = None if args.no_pingpong else PingPong.build()
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval()
     x = torch.randn(1, 3, args.size, args.size)
@@ -157,15 +160,17 @@ def main() -> None:
     edges = sorted({(a, b) for b, (_, _, _, sources) in enumerate(calls) for a in sources if a is not None})
     rounds = []
     for i in range(args.rounds):
-        trip = parallel_round_trip_us(args.threads)
-        rounds.append({"round_trip_us": trip,
+        pr = probe(args.threads, pingpong)
+        rounds.append({"probe": pr,
                        "after_producer_us": [_after(calls, a, b) for a, b in edges],
                        "after_itself_us": [_after(calls, b, b) for _, b in edges]})
         if i % 50 == 0 or i == args.rounds - 1:
             extra = sum(rounds[-1]["after_producer_us"]) - sum(rounds[-1]["after_itself_us"])
-            print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{args.rounds}: round trip {trip:.2f} µs, "
-                  f"edges' extra {extra:.0f} µs", flush=True)
-    labels = placements([r["round_trip_us"] for r in rounds])
+            print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{args.rounds}: round trip {pr['round_trip_us']:.2f} µs"
+                  + (f", cache line {pr['line_round_trip_ns']:.0f} ns" if pingpong else "")
+                  + f", edges' extra {extra:.0f} µs", flush=True)
+    probes = [r["probe"] for r in rounds]
+    labels = placements(probes)
     per_edge, summary = [], {}
     for where in ("near", "far"):
         picked = [r for r, label in zip(rounds, labels, strict=True) if label == where]
@@ -179,7 +184,8 @@ def main() -> None:
             k[0] += 1
             k[1] += pu - su
             k[2] += su
-        summary[where] = {"rounds": len(picked), "round_trip_us": float(np.median([r["round_trip_us"] for r in picked])),
+        summary[where] = {"rounds": len(picked),
+                          **{k: float(np.median([r["probe"][k] for r in picked])) for k in picked[0]["probe"]},
                           "extra_us": float(np.sum(prod - alone)),
                           "by_consumer_kind": {k: {"edges": v[0], "extra_us": v[1], "after_itself_us": v[2]}
                                                for k, v in by_kind.items()}}
@@ -188,11 +194,12 @@ def main() -> None:
                    key=lambda k: -max(s["by_consumer_kind"].get(k, {"extra_us": 0})["extra_us"] for s in summary.values()))
     table = Table(title=f"{args.model} @{args.size} ({'dense' if args.rate is None else f'{args.rate:g}x'}), "
                         f"{args.threads} threads: each consumer's extra µs right after its producer, summed per "
-                        f"kind (far: round trip above {FAR_ROUND_TRIP_FACTOR:g}x the lowest)")
+                        f"kind ({rule(probes)})")
     table.add_column("consumer")
     table.add_column("edges", justify="right")
     for where, s in summary.items():
-        table.add_column(f"{where}: {s['rounds']} rounds, round trip {s['round_trip_us']:.2f} µs", justify="right")
+        line = f", cache line {s['line_round_trip_ns']:.0f} ns" if "line_round_trip_ns" in s else ""
+        table.add_column(f"{where}: {s['rounds']} rounds, round trip {s['round_trip_us']:.2f} µs{line}", justify="right")
     for k in kinds:
         edges_n = next(s["by_consumer_kind"][k]["edges"] for s in summary.values() if k in s["by_consumer_kind"])
         table.add_row(k, str(edges_n), *(f"{s['by_consumer_kind'].get(k, {'extra_us': 0})['extra_us']:+.1f}"
@@ -209,7 +216,7 @@ def main() -> None:
     path = write_results(f"bench_edges_{args.model}_{args.size}{suffix}", command,
                          {"threads": args.threads, "calls_per_edge": CALLS,
                           "edges": [{"producer": calls[a][0], "consumer": calls[b][0]} for a, b in edges],
-                          "summary": summary,
+                          "placement_rule": rule(probes), "summary": summary,
                           "rounds": [{**r, "placement": lab} for r, lab in zip(rounds, labels, strict=True)]})
     print(f"wrote {path}")
 

@@ -18,10 +18,11 @@ after the 0.2 s pause between engines the cores take a few milliseconds to run a
 and samples of a fixed 5 runs (3 ms of a pruned mobilenetv3, 10 ms of its dense model) measured
 every engine 1.1-1.5x slower, the short pruned models most (``--sample-ms 0`` reproduces them).
 
-Before every round the cores' parallel round trip is measured (``_peak.parallel_round_trip_us``): on
+Before every round the cores' placement is probed (``_placement.probe``: the parallel round trip,
+and a C ping-pong between the cores where a C compiler is found, ``--no-pingpong`` to skip it): on
 the shared AMD VM the host runs the two vCPUs on distant cores in some minutes, and every engine on
-two threads then loses 0.5-0.9 ms per run (see ``_peak``). Rounds are labelled ``near`` or ``far``
-(``_peak.placements``) and the results hold, per model, the speedups over all rounds (the table's
+two threads then loses up to 0.9 ms per run (see ``_placement``). Rounds are labelled ``near`` or
+``far`` (``_placement.placements``) and the results hold, per model, the speedups over all rounds (the table's
 columns) and over each placement's rounds (``by_placement``; the second table). Speedups are medians
 of each round's ratio (the engines of one round ran in the same few seconds); times are medians.
 """
@@ -49,7 +50,8 @@ from npas_lightning.plan import NPASScheme
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fresh_tile_cache, write_results  # noqa: E402
-from _peak import FAR_ROUND_TRIP_FACTOR, machine_state, parallel_round_trip_us, placements  # noqa: E402
+from _peak import machine_state  # noqa: E402
+from _placement import PingPong, placements, probe, rule  # noqa: E402
 
 MODELS = ["efficientnet_b0", "mobilenetv3_large_100"]
 
@@ -71,7 +73,7 @@ def uniform_plan(model: torch.nn.Module, rate: float, *, balanced: bool,
 
 
 def bench_model(name: str, size: int, rates: list[float], threads: int, number: int, repeat: int,
-                balanced: bool, sample_ms: float = 30.0) -> list[dict]:
+                balanced: bool, sample_ms: float = 30.0, pingpong: PingPong | None = None) -> list[dict]:
     torch.manual_seed(0)
     dense = timm.create_model(name, pretrained=False).eval()
     x = torch.randn(1, 3, size, size)
@@ -98,11 +100,11 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
     xn = x.numpy()
     engines = [dataclasses.replace(tvm_engine(c, xn, session), name=key) for key, c in compiled.items()]
     engines.append(onnxruntime_engine(dense, xn, threads))
-    stats, round_trips, per_round = _timed_rounds(engines, number, repeat, threads, list(x.shape), sample_ms)
+    stats, probes, per_round = _timed_rounds(engines, number, repeat, threads, list(x.shape), sample_ms, pingpong)
     for e in engines:
         if e.cleanup:
             e.cleanup()
-    labels = placements(round_trips)
+    labels = placements(probes)
     ort = stats["onnxruntime"].median_ms
     out = []
     for key, row in rows.items():
@@ -116,7 +118,7 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
         out.append({"model": name, "input": size, "plan": key, "balanced": balanced, **row, "ms": ms,
                     **_round_speedups(per_round, key), "ort_dense_ms": ort,
                     "stats": stats[key].to_dict(), "by_placement": by_placement,
-                    "round_trip_us": round_trips, "placements": labels,
+                    "probes": probes, "placements": labels, "placement_rule": rule(probes),
                     "round_ms": [r[key] for r in per_round]})
     return out
 
@@ -129,15 +131,14 @@ def _round_speedups(rounds: list[dict[str, float]], key: str) -> dict[str, float
             "speedup_vs_ort": float(np.median([r["onnxruntime"] / r[key] for r in rounds]))}
 
 
-def _timed_rounds(engines, number: int, repeat: int, threads: int, input_shape: list[int],
-                  sample_ms: float) -> tuple[dict, list[float], list[dict[str, float]]]:
-    """``repeat`` interleaved rounds (``measure_interleaved``, one round per call), each after a
-    parallel round trip probe: ``(stats over all rounds, round trip µs per round, ms per engine per
-    round)``."""
-    round_trips: list[float] = []
+def _timed_rounds(engines, number: int, repeat: int, threads: int, input_shape: list[int], sample_ms: float,
+                  pingpong: PingPong | None) -> tuple[dict, list[dict[str, float]], list[dict[str, float]]]:
+    """``repeat`` interleaved rounds (``measure_interleaved``, one round per call), each after the
+    placement probes: ``(stats over all rounds, probes per round, ms per engine per round)``."""
+    probes: list[dict[str, float]] = []
     per_round: list[dict[str, float]] = []
     for i in range(repeat):
-        round_trips.append(parallel_round_trip_us(threads))
+        probes.append(probe(threads, pingpong))
         stats = measure_interleaved(engines, number=number, repeat=1, warmup=2 if i == 0 else 0, threads=threads,
                                     target="host", input_shape=input_shape, min_sample_ms=sample_ms)
         per_round.append({name: s.median_ms for name, s in stats.items()})
@@ -146,7 +147,7 @@ def _timed_rounds(engines, number: int, repeat: int, threads: int, input_shape: 
         meta = {k: v for k, v in last.to_dict().items() if k not in ("median_ms", "mean_ms", "std_ms", "min_ms")}
         meta.update(repeats=repeat, warmup=2, input_shape=tuple(input_shape))
         overall[name] = LatencyStats.from_seconds([r[name] / 1e3 for r in per_round], **meta)
-    return overall, round_trips, per_round
+    return overall, probes, per_round
 
 
 def main() -> None:
@@ -160,13 +161,16 @@ def main() -> None:
     p.add_argument("--balanced", action="store_true", help="balanced block rows (equal kept count per row)")
     p.add_argument("--sample-ms", type=float, default=30.0,
                    help="each timed sample lasts at least this long (0: --number runs per sample)")
+    p.add_argument("--no-pingpong", action="store_true",
+                   help="label the rounds by the parallel round trip alone (no C ping-pong between the cores)")
     args = p.parse_args()
+    pingpong = None if args.no_pingpong else PingPong.build()
     command = "python benchmarks/bench_sparse_models.py " + " ".join(sys.argv[1:])
     rows: list[dict] = []
     before = machine_state(args.threads)
     for name in args.models:
         rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced,
-                            args.sample_ms)
+                            args.sample_ms, pingpong)
     after = machine_state(args.threads)
     name_suffix = ("_balanced" if args.balanced else "") + ("" if args.size == 224 else f"_{args.size}")
     path = write_results("bench_sparse_models" + name_suffix, command,
@@ -185,7 +189,8 @@ def main() -> None:
                       f"{r['compile_breakdown']['total_s']:.1f}" if r.get("compile_breakdown") else "-",
                       f"{r['max_rel_err']:.1e}" if r.get("max_rel_err") is not None else "-")
     Console().print(table)
-    by = Table(title="the same rounds by the cores' placement (parallel round trip measured before each round)")
+    by = Table(title="the same rounds by the cores' placement, probed before each round "
+                     f"({next(r['placement_rule'] for r in rows)})")
     for col in ("model", "plan", "near rounds", "ms", "vs our dense", "vs ORT dense", "far rounds", "ms ", "vs our dense ",
                 "vs ORT dense "):
         by.add_column(col)
@@ -199,9 +204,11 @@ def main() -> None:
                       if p else ["0", "-", "-", "-"])
         by.add_row(r["model"], r["plan"], *cells)
     Console().print(by)
-    trips = [t for r in rows if r["plan"] == "dense" for t in r["round_trip_us"]]
-    print(f"parallel round trip per round: {min(trips):.2f}-{max(trips):.2f} µs (far: above "
-          f"{FAR_ROUND_TRIP_FACTOR:g}x the lowest)")
+    probes = [pr for r in rows if r["plan"] == "dense" for pr in r["probes"]]
+    trips = [pr["round_trip_us"] for pr in probes]
+    lines = [pr["line_round_trip_ns"] for pr in probes if "line_round_trip_ns" in pr]
+    print(f"per round: parallel round trip {min(trips):.2f}-{max(trips):.2f} µs"
+          + (f", cache line round trip {min(lines):.0f}-{max(lines):.0f} ns" if lines else ""))
     print(f"machine before / after: FMA peak {before['fma']:.0f} / {after['fma']:.0f} GFLOP/s, "
           f"64 MB copy {before['copy_gbs']:.0f} / {after['copy_gbs']:.0f} GB/s, "
           f"parallel round trip {before['round_trip_us']:.2f} / {after['round_trip_us']:.2f} µs")
