@@ -189,7 +189,7 @@ def main() -> None:
                           "extra_us": float(np.sum(prod - alone)),
                           "by_consumer_kind": {k: {"edges": v[0], "extra_us": v[1], "after_itself_us": v[2]}
                                                for k, v in by_kind.items()}}
-        per_edge.append((where, prod - alone))
+        per_edge.append((where, prod - alone, prod, alone))
     kinds = sorted({k for s in summary.values() for k in s["by_consumer_kind"]},
                    key=lambda k: -max(s["by_consumer_kind"].get(k, {"extra_us": 0})["extra_us"] for s in summary.values()))
     table = Table(title=f"{args.model} @{args.size} ({'dense' if args.rate is None else f'{args.rate:g}x'}), "
@@ -206,18 +206,25 @@ def main() -> None:
                                          for s in summary.values()))
     table.add_row("all edges", str(len(edges)), *(f"{s['extra_us']:+.1f}" for s in summary.values()))
     CONSOLE.print(table)
-    for where, extra in per_edge:
+    for where, extra, _, _ in per_edge:
         print(f"{where}: the {args.top} edges that cost most (µs, producer -> consumer)")
         for j in np.argsort(-extra)[:args.top]:
             a, b = edges[j]
             print(f"  {extra[j]:+7.1f}  {calls[a][0][:60]} -> {calls[b][0][:60]}")
     suffix = "" if args.rate is None else f"_{args.rate:g}x"
     command = "python benchmarks/bench_edges.py " + " ".join(sys.argv[1:])
+    # per edge the medians of each placement, per round the probes and the edges' total (the per-round,
+    # per-edge times would make a file of tens of MB)
+    edge_rows = [{"producer": calls[a][0], "consumer": calls[b][0], "consumer_kind": _kind(calls[b][0], records),
+                  **{f"{where}_{name}_us": float(v[j]) for where, _, prod, alone in per_edge
+                     for name, v in (("after_producer", prod), ("after_itself", alone))}}
+                 for j, (a, b) in enumerate(edges)]
     path = write_results(f"bench_edges_{args.model}_{args.size}{suffix}", command,
-                         {"threads": args.threads, "calls_per_edge": CALLS,
-                          "edges": [{"producer": calls[a][0], "consumer": calls[b][0]} for a, b in edges],
+                         {"threads": args.threads, "calls_per_edge": CALLS, "edges": edge_rows,
                           "placement_rule": rule(probes), "summary": summary,
-                          "rounds": [{**r, "placement": lab} for r, lab in zip(rounds, labels, strict=True)]})
+                          "rounds": [{"probe": r["probe"], "placement": lab,
+                                      "extra_us": sum(r["after_producer_us"]) - sum(r["after_itself_us"])}
+                                     for r, lab in zip(rounds, labels, strict=True)]})
     print(f"wrote {path}")
 
 
