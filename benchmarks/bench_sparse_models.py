@@ -157,7 +157,7 @@ def main() -> None:
     p.add_argument("--rates", nargs="+", type=float, default=[3.0, 5.0, 10.0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--number", type=int, default=5)
-    p.add_argument("--repeat", type=int, default=11, help="interleaved rounds (each after a round trip probe)")
+    p.add_argument("--repeat", type=int, default=11, help="interleaved rounds (each after the placement probes)")
     p.add_argument("--balanced", action="store_true", help="balanced block rows (equal kept count per row)")
     p.add_argument("--sample-ms", type=float, default=30.0,
                    help="each timed sample lasts at least this long (0: --number runs per sample)")
