@@ -118,7 +118,9 @@ def probe(threads: int, pingpong: PingPong | None) -> dict[str, float]:
 
 
 def placements(probes: list[dict[str, float]]) -> list[str]:
-    """``"near"`` or ``"far"`` per round (see the module docstring and its example)."""
+    """``"near"`` or ``"far"`` per round (see the module docstring and its example). The rule is relative
+    to the run's lowest probe: a run spent wholly on distant cores labels every round near, so the
+    tables print the probes' medians too (a 380 ns cache line round trip is far on the AMD VM)."""
     key, factor = (("line_round_trip_ns", FAR_LINE_FACTOR) if all("line_round_trip_ns" in p for p in probes)
                    else ("round_trip_us", FAR_ROUND_TRIP_FACTOR))
     low = min(p[key] for p in probes)

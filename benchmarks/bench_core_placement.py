@@ -10,7 +10,7 @@ round measures
 - ``round trip``: µs per call of an empty parallel loop on two threads
   (``_placement.parallel_round_trip_us``);
 - the dense and the pruned build of the model on two threads and on one, in samples of at least
-  ``--sample-ms`` after a 0.2 s pause each;
+  ``--sample-ms`` after a 0.2 s pause each (``measure_interleaved``, one round per call);
 - where a C compiler is found (``cc``), ``core_pingpong.c`` built with it: a cache line's round trip
   between two threads pinned to CPUs 0 and 1 (ns), and CPU 1 reading 256 KiB that CPU 0 / that
   CPU 1 itself has just written (µs); ``--no-pingpong`` skips it;
@@ -40,6 +40,8 @@ from rich.table import Table
 
 from npas_lightning.algorithms.masking import apply_masks, compute_masks
 from npas_lightning.compiler import compile_model
+from npas_lightning.compiler.engines import Engine, measure_interleaved, tvm_engine
+from npas_lightning.compiler.measure import LocalSession
 from npas_lightning.compiler.threads import configure_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,15 +51,21 @@ from bench_sparse_models import uniform_plan  # noqa: E402
 
 #: timed per round: (build, threads)
 CELLS = [("dense", 2), ("pruned", 2), ("dense", 1), ("pruned", 1)]
-def _sample_ms(vm, dev, arg, threads: int, sample_ms: float) -> float:
-    """Mean ms per run of one sample of at least ``sample_ms`` (at least 5 runs), after a 0.2 s pause
-    and one run that sizes it."""
-    configure_threads(threads)
-    time.sleep(0.2)
-    t0 = time.perf_counter()
-    vm["main"](arg)
-    runs = max(5, int(np.ceil(sample_ms / 1e3 / max(time.perf_counter() - t0, 1e-9))))
-    return vm.time_evaluator("main", dev, number=runs, repeat=1)(arg).mean * 1e3
+
+
+def _cell_engines(builds: dict, x: np.ndarray) -> list[Engine]:
+    """One engine per :data:`CELLS` entry: the build's ``tvm_engine`` (exported and loaded as the
+    whole-model benchmark times it), its thread count set before every timing."""
+    session = LocalSession()
+    loaded = {name: tvm_engine(c, x, session) for name, c in builds.items()}
+
+    def timer(engine: Engine, threads: int):
+        def run(number: int) -> float:
+            configure_threads(threads)
+            return engine.time(number)
+        return run
+
+    return [Engine(f"{b}@{t}", timer(loaded[b], t)) for b, t in CELLS]
 
 
 def main() -> None:
@@ -78,9 +86,6 @@ def main() -> None:
     pingpong = None if args.no_pingpong else PingPong.build()
     if pingpong is None and not args.no_pingpong:
         print("no C compiler found (cc, gcc, clang): the ping-pong columns are left out")
-    import tvm
-    from tvm import relax
-
     torch.manual_seed(0)
     x = torch.randn(1, 3, args.size, args.size)
     dense = timm.create_model(args.model, pretrained=False).eval()
@@ -90,15 +95,16 @@ def main() -> None:
     apply_masks(pruned, compute_masks(pruned, plan), plan)
     builds = {"dense": compile_model(dense, x, threads=2, tile_cache=fresh_tile_cache()),
               "pruned": compile_model(pruned, x, plan=plan, threads=2, tile_cache=fresh_tile_cache())}
-    dev = tvm.cpu()
-    arg = tvm.runtime.tensor(x.numpy())
-    vms = {k: relax.VirtualMachine(c.executable, dev) for k, c in builds.items()}
+    engines = _cell_engines(builds, x.numpy())
     rounds = []
     header = "time      round trip µs  " + "  ".join(f"{b} @{t}t ms".rjust(14) for b, t in CELLS)
     print(header + ("  ping-pong: line round trip ns, read 256 KiB other / own core µs" if pingpong else ""), flush=True)
     for _ in range(args.rounds):
         pr = probe(2, pingpong)
-        ms = {f"{b}@{t}": _sample_ms(vms[b], dev, arg, t, args.sample_ms) for b, t in CELLS}
+        # one interleaved round: a warm-up run sizes each sample (>= --sample-ms, >= 5 runs), 0.2 s pauses
+        stats = measure_interleaved(engines, number=5, repeat=1, warmup=0, threads=None, target="host",
+                                    input_shape=list(x.shape), min_sample_ms=args.sample_ms)
+        ms = {e.name: stats[e.name].median_ms for e in engines}
         rounds.append({"time": time.strftime("%H:%M:%S"), "probe": pr, "ms": ms})
         line = f"{rounds[-1]['time']}  {pr['round_trip_us']:13.2f}  " + "  ".join(f"{v:14.3f}" for v in ms.values())
         if pingpong:
