@@ -217,6 +217,8 @@ COMPARISONS = {"silu": ("SiLU as ReLU (what-if, wrong outputs)", _silu_as_relu),
                "stored-epilogue": ("sparse kernels storing raw sums, then re-reading them for the epilogue "
                                    "(EPILOGUE_IN_REGISTERS off)",
                                    lambda: _compiler_flag("EPILOGUE_IN_REGISTERS", False, "conv_kernel")),
+               "depthwise-counts": ("sparse depthwise blocks all reading the largest count of kept positions "
+                                    "(rewrite.DEPTHWISE_COUNTS off)", lambda: _compiler_flag("DEPTHWISE_COUNTS", False)),
                "whole-last-chunk": ("block-sparse convs computing all of their last pixel chunk (TAIL_PIXELS off)",
                                     lambda: _compiler_flag("TAIL_PIXELS", False, "conv_kernel"))}
 

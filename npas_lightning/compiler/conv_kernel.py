@@ -925,7 +925,7 @@ def _schedule_conv(func, tile: ConvTile, *, unroll_kernel: bool, pixels_outer: b
 
 
 def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = None, block: int = 1,
-                       epilogue: str | None = None):
+                       epilogue: str | None = None, counts: np.ndarray | None = None):
     """Scheduled depthwise PrimFunc ``(X[N,C,P*L], W[C,KH*KW], Y[N,C,Mp])``.
 
     ``kept`` (optional, ``[ceil(C/block), K]`` int32 kernel positions ``kh*KW + kw`` per block of
@@ -934,6 +934,12 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
     kept positions: the PrimFunc is then ``(X, W[C,K], Ks[Cb,K] int32 shifts, Y)`` and the call
     returns ``(func, shifts)`` with the shift buffer to pass as ``Ks``.
 
+    ``counts`` (optional with ``kept``, ``[ceil(C/block)]``: how many leading entries of each row of
+    ``kept`` are real, :func:`~npas_lightning.compiler.sparse_pack.depthwise_block_counts`) makes each
+    channel block stop at its own count instead of the padded ``K`` (unbalanced blocks): the shift
+    buffer returned then has one more column, ``Ks[Cb, K+1]``, the last holding the block's count
+    (balanced counts change nothing).
+
     ``epilogue`` adds a bias buffer ``B[C]`` before ``Y``, as in :func:`conv_primfunc`.
     """
     from tvm import te
@@ -941,6 +947,8 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
     x = te.placeholder((g.n, g.c, g.x_len), name="X")
     s, L, wq = g.stride, g.plane, g.wq
     if kept is None:
+        if counts is not None:
+            raise ValueError("counts=... needs kept=...: counts are the real entries of each row of kept")
         w = te.placeholder((g.c, g.kh * g.kw), name="W")
         rh = te.reduce_axis((0, g.kh), "rh")
         rw = te.reduce_axis((0, g.kw), "rw")
@@ -956,6 +964,15 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
         w = te.placeholder((g.c, k), name="W")
         sb = te.placeholder((kept.shape[0], k), name="Ks", dtype="int32")
         rk = te.reduce_axis((0, k), "rk")
+        if counts is not None:
+            counts = check_counts(counts, kept.shape)
+            if counts.min() < 1:
+                raise ValueError(f"counts holds {int(counts.min())}: expected every channel block to keep at least "
+                                 "one kernel position (a block keeping none is padded to one zero weight)")
+            if not (counts == k).all():  # balanced blocks: the unrolled kernel below
+                func = _depthwise_counts_built(g, tile, k, kept.shape[0], block,
+                                               tuple(sorted({int(v) for v in counts})), epilogue, EPILOGUE_IN_REGISTERS)
+                return func, np.concatenate([shift, counts[:, None].astype("int32")], axis=1)
 
         def body(n, c, m):
             return te.sum(w[c, rk] * x[n, c, sb[c // block, rk] + m], axis=[rk])
@@ -963,6 +980,59 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
     y = te.compute((g.n, g.c, g.mp), body, name="dwconv")
     func = _schedule_depthwise(te.create_prim_func(_with_epilogue(args, y, epilogue)), tile, epilogue is not None)
     return func if kept is None else (func, shift)
+
+
+@functools.lru_cache(maxsize=128)
+def _depthwise_counts_built(g: ConvGeometry, tile: ConvTile, k: int, blocks: int, block: int,
+                            distinct: tuple[int, ...], epilogue: str | None = None, in_registers: bool = True):
+    """The sparse depthwise conv whose channel blocks keep different numbers of kernel positions: one
+    channel plane per parallel iteration (as :func:`_schedule_depthwise`); the block's count, read
+    from the last column of ``Ks[Cb, K+1]``, picks (a tree of branches over the ``distinct`` counts)
+    a loop over the plane's pixel chunks with that many kept positions unrolled into ``mt`` vectors
+    of accumulators, the epilogue applied to them as the block-sparse conv does."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script import builder as T
+
+    px = tile.pixels
+    chunks = g.mp // _check_pixels(g, tile)
+    with IRBuilder() as ib, T.prim_func():
+        T.func_name("main")
+        x = T.arg("X", T.buffer((g.n, g.c, g.x_len), "float32"))
+        w = T.arg("W", T.buffer((g.c, k), "float32"))
+        ks = T.arg("Ks", T.buffer((blocks, k + 1), "int32"))
+        bias = T.arg("B", T.buffer((g.c,), "float32")) if epilogue else None
+        y = T.arg("Y", T.buffer((g.n, g.c, g.mp), "float32"))
+        T.func_attr({"tirx.noalias": True})
+        with T.parallel(0, g.n * g.c) as t:
+            n, c = t // g.c, t % g.c
+            cb = c // block
+            cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
+            T.buffer_store(cnt, ks[cb, k], [0])
+
+            def plane(d: int) -> None:
+                with T.serial(0, chunks) as u:
+                    m0 = u * px
+                    acc = accumulators(1, px)
+                    biased = bool(epilogue) and in_registers  # the tile starts from the bias
+                    start_tile(acc, tile, c, bias if biased else None)
+                    for rk in range(d):
+                        for _, i in register_tile(tile):
+                            T.buffer_store(acc[0], acc[0][i] + w[c, rk] * x[n, c, ks[cb, rk] + m0 + i], [i])
+                    store_tile(y, acc, tile, n, c, m0, epilogue, bias, None, in_registers, biased)
+
+            def pick(values: tuple[int, ...]) -> None:  # a balanced tree of branches on the count
+                if len(values) == 1:
+                    plane(values[0])
+                    return
+                mid = len(values) // 2
+                with T.If(cnt[0] < values[mid]):
+                    with T.Then():
+                        pick(values[:mid])
+                    with T.Else():
+                        pick(values[mid:])
+
+            pick(distinct)
+    return ib.get()
 
 
 def _check_depthwise_kept(g: ConvGeometry, kept, block) -> tuple[np.ndarray, int]:

@@ -35,12 +35,12 @@ from .epilogue import EpilogueChain, find_epilogues, kernel_bias
 from .pattern_kernel import pack_pattern, pattern_primfunc
 from .pool_kernel import rows_mean_primfunc
 from .relax_utils import rewrite_relax_functions
-from .sparse_pack import SparsePacking, pack_sparse_depthwise, pack_sparse_rows
+from .sparse_pack import SparsePacking, depthwise_block_counts, pack_sparse_depthwise, pack_sparse_rows
 from .split_conv import split_parts
 from .targets import TargetSpec
 from .tuning import TileCache, measure_kernel, pick_best
 
-__all__ = ["BLOCK_CONV_CBLOCKS", "KXK_PLANES_OUTPUT", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU",
+__all__ = ["BLOCK_CONV_CBLOCKS", "DEPTHWISE_COUNTS", "KXK_PLANES_OUTPUT", "PLANES_OUTPUT_MAX_WORK", "PLANES_OUTPUT_MAX_WORK_SILU",
            "PLANES_OUTPUT_SKIPS_PADDING", "PLANES_OUTPUT_SKIPS_PHASES", "RESIDUAL_READS_PLANES", "SPARSE_LOWERINGS",
            "SPLIT_PARTIALS", "SPLIT_REDUCTION",
            "KernelChoice", "KernelRecord", "TilePlanner", "block_conv_choices", "clear_kernel_caches", "drop_unused_kernels",
@@ -372,6 +372,11 @@ PLANES_OUTPUT_SKIPS_PADDING = True
 #: a kxk conv (a stem) may write the next depthwise conv's padded planes, as 1x1 expand convs do
 #: (``bench_function_breakdown.py --compare kxk-planes``)
 KXK_PLANES_OUTPUT = True
+
+#: a sparse depthwise conv's channel blocks stop at their own count of kept kernel positions
+#: (``depthwise_primfunc(counts=...)``) instead of all reading as many as the block keeping most
+#: (``bench_function_breakdown.py --unbalanced --compare depthwise-counts``)
+DEPTHWISE_COUNTS = True
 
 #: an add reading a tensor that is also padded into a conv's planes reads it inside those planes, so
 #: the tensor is stored once, padded (``bench_function_breakdown.py --compare residual-planes``)
@@ -965,22 +970,25 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             """Depthwise conv that reads only the kept kernel positions of each channel block."""
             c = weight.shape[0]
             w2 = pack_depthwise_weight(weight)
-            # the widest channel block whose union of kept positions adds (almost) no work
+            # the widest channel block whose union of kept positions adds (almost) no work: each block's
+            # own count (DEPTHWISE_COUNTS), else the largest, which every block is padded to
             dens = {}
             for b in (1, 2, 4, 8, 16, 32):
                 if b <= c:
                     packed, kept = pack_sparse_depthwise(w2, b)
-                    dens[b] = (kept.shape[1] / w2.shape[1], packed, kept)
+                    counts = depthwise_block_counts(w2, b) if DEPTHWISE_COUNTS else None
+                    work = kept.shape[1] if counts is None else float(counts.mean())
+                    dens[b] = (work / w2.shape[1], packed, kept, counts)
             best = min(d[0] for d in dens.values())
             block = max(b for b, d in dens.items() if d[0] <= best * 1.05 + 1e-12)
-            density, packed, kept = dens[block]
+            density, packed, kept, counts = dens[block]
             v = planner.lanes
             m = geom(ConvTile(1, 1, v)).m
             cands = [ConvTile(1, mt, v) for mt in planner.conv_pixel_tiles(m)]
             default = ConvTile(1, planner.depthwise_pixel_tile(shape["kh"], m), v)
 
             def build(g: ConvGeometry, tile: ConvTile, epilogue: str | None = None):  # timed without the epilogue
-                return depthwise_primfunc(g, tile, kept, block, epilogue=epilogue)
+                return depthwise_primfunc(g, tile, kept, block, epilogue=epilogue, counts=counts)
 
             def run(tile: ConvTile) -> float:
                 g = geom(tile)
@@ -1004,6 +1012,8 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             info = _sparse_info(scheme, kept.shape[1], density=density,
                                 kept=float((w2 != 0).mean()))
             info["block"] = block
+            if counts is not None and counts.min() < kept.shape[1]:
+                info["counts"] = counts.tolist()
             records.append(KernelRecord(idx, "depthwise", module, gv.name_hint, shape, tile.to_dict(), tuned, weight,
                                         int(round(_flops(g, "depthwise") * density)), packed, info, [shift], None, func,
                                         act, chain.bias if act else None))
@@ -1096,7 +1106,8 @@ def clear_kernel_caches() -> None:
     ``epilogue.activation_expr`` in the benchmarks' ablations)."""
     from . import conv_kernel, dense_kernel, pattern_kernel, pool_kernel, split_conv
 
-    for built in (conv_kernel._conv_counts_built, conv_kernel._conv_blocked_built, split_conv._split_built,
+    for built in (conv_kernel._conv_counts_built, conv_kernel._conv_blocked_built, conv_kernel._depthwise_counts_built,
+                  split_conv._split_built,
                   dense_kernel._dense_counts_built, pattern_kernel._pattern_built, pool_kernel.rows_mean_primfunc):
         built.cache_clear()
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SparsePacking", "pack_sparse_depthwise", "pack_sparse_rows", "reorder_rows"]
+__all__ = ["SparsePacking", "depthwise_block_counts", "pack_sparse_depthwise", "pack_sparse_rows", "reorder_rows"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,22 @@ def pack_sparse_rows(weight2d: np.ndarray, ft: int, *, reorder: bool = False) ->
     )
 
 
+def _depthwise_block_mask(weight: np.ndarray, block: int) -> np.ndarray:
+    """``[ceil(C/block), KH*KW]`` bool: the kernel positions some channel of each block keeps."""
+    arr = np.asarray(weight)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr.reshape(arr.shape[0], -1)
+    w = _check_matrix("weight", arr) if arr.ndim == 2 else None
+    if w is None:
+        raise ValueError(f"weight of shape {list(arr.shape)}: expected a depthwise weight [C, KH*KW] or [C, 1, KH, KW]")
+    block = _check_int("block", block)
+    c, p = w.shape
+    cb = -(-c // block)
+    mask = np.zeros((cb * block, p), dtype=bool)
+    mask[:c] = w != 0
+    return mask.reshape(cb, block, p).any(1)
+
+
 def pack_sparse_depthwise(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Pack a depthwise weight ``[C, KH*KW]`` (or ``[C, 1, KH, KW]``) per block of ``block`` channels.
 
@@ -210,19 +226,22 @@ def pack_sparse_depthwise(weight: np.ndarray, block: int) -> tuple[np.ndarray, n
         >>> packed, kept = pack_sparse_depthwise(w, 2); kept.tolist(), packed.tolist()
         ([[1, 3], [0, 1]], [[1.0, 2.0], [3.0, 0.0], [5.0, 0.0]])
     """
-    arr = np.asarray(weight)
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr.reshape(arr.shape[0], -1)
-    w = _check_matrix("weight", arr) if arr.ndim == 2 else None
-    if w is None:
-        raise ValueError(f"weight of shape {list(arr.shape)}: expected a depthwise weight [C, KH*KW] or [C, 1, KH, KW]")
-    block = _check_int("block", block)
-    c, p = w.shape
-    cb = -(-c // block)
-    mask = np.zeros((cb * block, p), dtype=bool)
-    mask[:c] = w != 0
-    block_mask = mask.reshape(cb, block, p).any(1)
+    block_mask = _depthwise_block_mask(weight, block)
+    w = np.asarray(weight).reshape(np.shape(weight)[0], -1)
     k = max(int(block_mask.sum(1).max()), 1)
     kept = np.argsort(~block_mask, axis=1, kind="stable")[:, :k]
-    packed = np.take_along_axis(w, kept[np.arange(c) // block], axis=1)
+    packed = np.take_along_axis(w, kept[np.arange(w.shape[0]) // block], axis=1)
     return np.ascontiguousarray(packed, dtype="float32"), np.ascontiguousarray(kept, dtype="int32")
+
+
+def depthwise_block_counts(weight: np.ndarray, block: int) -> np.ndarray:
+    """``[ceil(C/block)]`` int32: the real entries of each row of :func:`pack_sparse_depthwise`'s
+    ``kept`` (the kernel positions the block keeps; at least 1: a block keeping none reads one zero
+    weight), for ``depthwise_primfunc(counts=...)``.
+
+    Example:
+        >>> w = np.array([[0, 1, 0, 2], [0, 3, 0, 0], [5, 0, 0, 0]], "float32")
+        >>> depthwise_block_counts(w, 2).tolist(), depthwise_block_counts(w, 1).tolist()
+        ([2, 1], [2, 1, 1])
+    """
+    return np.maximum(_depthwise_block_mask(weight, block).sum(1), 1).astype("int32")

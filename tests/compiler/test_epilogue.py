@@ -25,7 +25,11 @@ from npas_lightning.compiler.epilogue import (
     kernel_bias,
 )
 from npas_lightning.compiler.numerics import _run
-from npas_lightning.compiler.sparse_pack import pack_sparse_depthwise, pack_sparse_rows
+from npas_lightning.compiler.sparse_pack import (
+    depthwise_block_counts,
+    pack_sparse_depthwise,
+    pack_sparse_rows,
+)
 from npas_lightning.compiler.targets import resolve_target
 
 TARGET = resolve_target("host", threads=1).tvm_target
@@ -84,7 +88,7 @@ def test_no_activation_is_left_outside_the_kernels(bn_model, built_function_name
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
-@pytest.mark.parametrize("kind", ["conv", "sparse_conv", "depthwise", "sparse_depthwise"])
+@pytest.mark.parametrize("kind", ["conv", "sparse_conv", "depthwise", "sparse_depthwise", "sparse_depthwise_counts"])
 def test_kernel_epilogue_matches_reference(kind, act):
     rng = np.random.default_rng(0)
     depthwise = "depthwise" in kind
@@ -105,7 +109,9 @@ def test_kernel_epilogue_matches_reference(kind, act):
         func, weights = depthwise_primfunc(g, tile, epilogue=act), [pack_depthwise_weight(w)]
     else:
         packed, kept = pack_sparse_depthwise(pack_depthwise_weight(w), 2)
-        func, shift = depthwise_primfunc(g, tile, kept, 2, epilogue=act)
+        counts = depthwise_block_counts(w, 2) if kind.endswith("counts") else None
+        assert counts is None or counts.min() < counts.max()  # blocks stopping at different counts
+        func, shift = depthwise_primfunc(g, tile, kept, 2, epilogue=act, counts=counts)
         weights = [packed, shift]
     slots = f if depthwise else weights[0].shape[0] * tile.ft
     assert [p.name for p in func.params][-2] == "B"
@@ -159,6 +165,28 @@ def test_ir_builder_kernels_apply_the_epilogue_on_the_accumulators_or_after_the_
     out = _run(func, TARGET, [planes_from_nchw(x, g), *weights, kernel_bias(bias, slots, order)], (1, slots, g.mp))
     out = out[:, :f] if order is None else out[:, :f][:, np.argsort(order)]
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    np.testing.assert_allclose(nchw_from_planes(out, g), apply_epilogue(ref, bias, "silu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("in_registers", [True, False])
+def test_uneven_depthwise_applies_the_epilogue_on_the_accumulators_or_after_the_store(monkeypatch, in_registers):
+    """The depthwise kernel stopping at each block's count follows ``EPILOGUE_IN_REGISTERS`` too."""
+    from npas_lightning.compiler import conv_kernel
+
+    monkeypatch.setattr(conv_kernel, "EPILOGUE_IN_REGISTERS", in_registers)
+    rng = np.random.default_rng(2)
+    c = 12
+    g = ConvGeometry.make(1, c, 9, 9, c, (3, 3), 1, (1, 1, 1, 1), pixels=16)
+    w = rng.standard_normal((c, 1, 3, 3)).astype("float32") * (rng.random((c, 1, 3, 3)) < 0.4)
+    packed, kept = pack_sparse_depthwise(pack_depthwise_weight(w), 1)
+    counts = depthwise_block_counts(w, 1)
+    assert counts.min() < counts.max()
+    func, shift = depthwise_primfunc(g, ConvTile(1, 1, 16), kept, 1, epilogue="silu", counts=counts)
+    assert _rewrites_its_output(func) is not in_registers
+    bias = (rng.standard_normal(c) * 3).astype("float32")
+    x = (rng.standard_normal((1, c, 9, 9)) * 3).astype("float32")
+    out = _run(func, TARGET, [planes_from_nchw(x, g), packed, shift, bias], (1, c, g.mp))
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1, groups=c).numpy()
     np.testing.assert_allclose(nchw_from_planes(out, g), apply_epilogue(ref, bias, "silu"), rtol=1e-5, atol=1e-5)
 
 

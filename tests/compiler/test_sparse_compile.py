@@ -97,8 +97,13 @@ def test_mixed_plan_efficientnet_matches_torch_with_every_scheme(effnet_mixed):
     # without an activation the partial sums are added by the graph, fused into the next function
     assert all(r.partials == (r.epilogue in (None, "none")) for r in compiled.kernels if r.split > 1)
     assert any(r.partials for r in compiled.kernels)
+    # depthwise blocks keeping different numbers of positions (block_punched; pattern with kernels
+    # cut) stop at their own count
+    uneven = [r for r in compiled.kernels if r.kind == "depthwise" and r.sparse and "counts" in r.sparse]
+    assert {"blocks.1", "blocks.3"} == {r.module.rsplit(".", 2)[0] for r in uneven}, [r.module for r in uneven]
+    assert all(min(r.sparse["counts"]) < r.sparse["k"] == max(r.sparse["counts"]) for r in uneven)
     for rec in compiled.kernels:
-        if rec.split > 1:  # each split kernel alone against its layer in PyTorch
+        if rec.split > 1 or rec in uneven:  # each split / uneven kernel alone against its layer in PyTorch
             stats = check_kernel(rec, compiled.target.tvm_target)
             assert stats["max_rel"] < 1e-4 or stats["max_abs"] < 1e-4, (rec.module, stats)
 

@@ -20,7 +20,12 @@ from npas_lightning.compiler.conv_kernel import (
     planes_from_nchw,
 )
 from npas_lightning.compiler.dense_kernel import DenseTile, dense_primfunc
-from npas_lightning.compiler.sparse_pack import pack_sparse_depthwise, pack_sparse_rows, reorder_rows
+from npas_lightning.compiler.sparse_pack import (
+    depthwise_block_counts,
+    pack_sparse_depthwise,
+    pack_sparse_rows,
+    reorder_rows,
+)
 from npas_lightning.compiler.targets import resolve_target
 
 TARGET = resolve_target("host", threads=2).tvm_target
@@ -163,21 +168,52 @@ DW_CASES = [  # n, c, k, stride, pad, scheme, rate, params, block
 ]
 
 
+@pytest.mark.parametrize("counts", [False, True], ids=["padded", "counts"])
 @pytest.mark.parametrize("case", DW_CASES, ids=lambda c: f"k{c[2]}s{c[3]}-{c[5]}-b{c[8]}")
-def test_sparse_depthwise_matches_torch(case, masked_weight):
+def test_sparse_depthwise_matches_torch(case, counts, masked_weight):
     n, c, k, s, pad, scheme, rate, params, block = case
     wt = masked_weight((c, 1, k, k), scheme, rate, seed=k + s, **params)
     x = np.random.default_rng(3).standard_normal((n, c, 13, 11)).astype("float32")
     tile = ConvTile(1, 2, 16)
     g = ConvGeometry.make(n, c, 13, 11, c, (k, k), s, pad, pixels=tile.pixels)
     packed, kept = pack_sparse_depthwise(wt.reshape(c, -1), block)
-    func, shift = depthwise_primfunc(g, tile, kept=kept, block=block)
-    assert shift.shape == kept.shape and shift.dtype == np.int32
+    per_block = depthwise_block_counts(wt, block)
+    assert per_block.max() == kept.shape[1]
+    func, shift = depthwise_primfunc(g, tile, kept=kept, block=block, counts=per_block if counts else None)
+    assert shift.shape == (kept.shape[0], kept.shape[1] + (counts and per_block.min() < per_block.max())) and shift.dtype == np.int32
     lib = tvm.tirx.build(func, target=TARGET)
     y = tvm.runtime.empty((n, c, g.mp), "float32", DEV)
     lib(*_tensors(planes_from_nchw(x, g), packed, shift), y)
     np.testing.assert_allclose(nchw_from_planes(y.numpy(), g), _ref_conv(x, wt, s, pad, groups=c),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_depthwise_cases_include_unbalanced_blocks(masked_weight):
+    """The counts variant of the depthwise cases above runs per-block stops on unbalanced blocks."""
+    unbalanced = []
+    for _n, c, k, s, _pad, scheme, rate, params, block in DW_CASES:
+        per_block = depthwise_block_counts(masked_weight((c, 1, k, k), scheme, rate, seed=k + s, **params), block)
+        unbalanced.append(bool(per_block.min() < per_block.max()))
+    assert sum(unbalanced) >= 2, unbalanced
+
+
+def test_depthwise_counts_stop_each_block():
+    """Blocks keeping fewer positions than the padded K stop at their count: the padding entries,
+    given nonzero weights here, are not read (with them the output would differ)."""
+    c, k = 4, 3
+    g = ConvGeometry.make(1, c, 6, 6, c, (k, k), 1, (1, 1, 1, 1), pixels=16)
+    kept = np.array([[4, 0, 8], [4, 1, 2]], "int32")  # block 0 keeps only the centre; padding after it
+    packed = np.ones((c, 3), "float32")
+    x = np.random.default_rng(0).standard_normal((1, c, 6, 6)).astype("float32")
+    outs = {}
+    for name, counts in (("padded", None), ("counts", np.array([1, 3]))):
+        func, shift = depthwise_primfunc(g, ConvTile(1, 1, 16), kept=kept, block=2, counts=counts)
+        y = tvm.runtime.empty((1, c, g.mp), "float32", DEV)
+        tvm.tirx.build(func, target=TARGET)(*_tensors(planes_from_nchw(x, g), packed, shift), y)
+        outs[name] = nchw_from_planes(y.numpy(), g)
+    np.testing.assert_allclose(outs["counts"][0, :2], x[0, :2], rtol=1e-6)  # the centre tap alone
+    np.testing.assert_allclose(outs["counts"][0, 2:], outs["padded"][0, 2:], rtol=1e-6)
+    assert not np.allclose(outs["padded"][0, :2], x[0, :2])
 
 
 def test_depthwise_without_kept_is_unchanged():
@@ -318,6 +354,10 @@ def test_kernel_kept_errors_name_the_argument():
         depthwise_primfunc(g, ConvTile(1, 1, 16), kept=np.zeros((4, 1), "int32"), block=2)
     with pytest.raises(ValueError, match=r"kept holds kernel positions in \[0, 9\]: expected \[0, 9\)"):
         depthwise_primfunc(g, ConvTile(1, 1, 16), kept=np.array([[0, 9]] * 4, "int32"))
+    with pytest.raises(ValueError, match="counts=... needs kept"):
+        depthwise_primfunc(g, ConvTile(1, 1, 16), counts=np.ones(4, "int32"))
+    with pytest.raises(ValueError, match="expected every channel block to keep at least one"):
+        depthwise_primfunc(g, ConvTile(1, 1, 16), kept=np.zeros((4, 2), "int32"), counts=np.array([1, 0, 2, 2]))
 
 
 # ------------------------------------------------------------------------------- wider grid (slow)
