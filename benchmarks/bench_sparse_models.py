@@ -22,7 +22,7 @@ Before every round the cores' placement is probed (``_placement.probe``: the par
 and a C ping-pong between the cores where a C compiler is found, ``--no-pingpong`` to skip it): on
 the shared AMD VM the host runs the two vCPUs on distant cores in some minutes, and every engine on
 two threads then loses up to 0.9 ms per run (see ``_placement``). Rounds are labelled ``near`` or
-``far`` (``_placement.placements``) and the results hold, per model, the speedups over all rounds (the table's
+``far`` (``_placement.placements``, over all models' rounds together) and the results hold, per model, the speedups over all rounds (the table's
 columns) and over each placement's rounds (``by_placement``; the second table). Speedups are medians
 of each round's ratio (the engines of one round ran in the same few seconds); times are medians.
 """
@@ -104,23 +104,42 @@ def bench_model(name: str, size: int, rates: list[float], threads: int, number: 
     for e in engines:
         if e.cleanup:
             e.cleanup()
-    labels = placements(probes)
     ort = stats["onnxruntime"].median_ms
     out = []
     for key, row in rows.items():
-        ms = stats[key].median_ms
-        by_placement = {}
-        for where in ("near", "far"):
-            picked = [r for r, label in zip(per_round, labels, strict=True) if label == where]
-            if picked:
-                by_placement[where] = {"rounds": len(picked), "ms": float(np.median([r[key] for r in picked])),
-                                       **_round_speedups(picked, key)}
-        out.append({"model": name, "input": size, "plan": key, "balanced": balanced, **row, "ms": ms,
+        out.append({"model": name, "input": size, "plan": key, "balanced": balanced, **row, "ms": stats[key].median_ms,
                     **_round_speedups(per_round, key), "ort_dense_ms": ort,
-                    "stats": stats[key].to_dict(), "by_placement": by_placement,
-                    "probes": probes, "placements": labels, "placement_rule": rule(probes),
-                    "round_ms": [r[key] for r in per_round]})
+                    "stats": stats[key].to_dict(), "probes": probes, "round_ms": [r[key] for r in per_round],
+                    "onnxruntime_round_ms": [r["onnxruntime"] for r in per_round]})
     return out
+
+
+def label_placements(rows: list[dict]) -> None:
+    """Label every round of the run ``near`` or ``far`` from all models' probes together (the rule is
+    relative to the lowest probe: a model timed wholly in far minutes, labelled alone, would read
+    near), and add each row's ``placements``, ``placement_rule`` and ``by_placement`` (per placement:
+    rounds, median ms, medians of each round's ratio, the probes' medians)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    probes = {m: next(r["probes"] for r in rows if r["model"] == m) for m in models}
+    pooled = [p for m in models for p in probes[m]]
+    labels, start = placements(pooled), 0
+    for m in models:
+        own = labels[start:start + len(probes[m])]
+        start += len(probes[m])
+        mine = [r for r in rows if r["model"] == m]
+        dense = next(r for r in mine if r["plan"] == "dense")["round_ms"]
+        for r in mine:
+            by_placement = {}
+            for where in ("near", "far"):
+                idx = [i for i, label in enumerate(own) if label == where]
+                if not idx:
+                    continue
+                rounds = [{"dense": dense[i], "onnxruntime": r["onnxruntime_round_ms"][i], r["plan"]: r["round_ms"][i]}
+                          for i in idx]
+                by_placement[where] = {"rounds": len(idx), "ms": float(np.median([r["round_ms"][i] for i in idx])),
+                                       **_round_speedups(rounds, r["plan"]),
+                                       **{k: float(np.median([probes[m][i][k] for i in idx])) for k in probes[m][0]}}
+            r.update(placements=own, placement_rule=rule(pooled), by_placement=by_placement)
 
 
 def _round_speedups(rounds: list[dict[str, float]], key: str) -> dict[str, float]:
@@ -172,6 +191,7 @@ def main() -> None:
         rows += bench_model(name, args.size, args.rates, args.threads, args.number, args.repeat, args.balanced,
                             args.sample_ms, pingpong)
     after = machine_state(args.threads)
+    label_placements(rows)
     name_suffix = ("_balanced" if args.balanced else "") + ("" if args.size == 224 else f"_{args.size}")
     path = write_results("bench_sparse_models" + name_suffix, command,
                          {"threads": args.threads, "sample_ms": args.sample_ms, "rows": rows, "machine_before": before,
@@ -188,11 +208,13 @@ def main() -> None:
                       f"{r.get('kernel_work_vs_dense', 1.0):.2f}",
                       f"{r['compile_breakdown']['total_s']:.1f}" if r.get("compile_breakdown") else "-",
                       f"{r['max_rel_err']:.1e}" if r.get("max_rel_err") is not None else "-")
-    Console().print(table)
+    Console(width=160).print(table)
     by = Table(title="the same rounds by the cores' placement, probed before each round "
                      f"({next(r['placement_rule'] for r in rows)})")
-    for col in ("model", "plan", "near rounds", "ms", "vs our dense", "vs ORT dense", "far rounds", "ms ", "vs our dense ",
-                "vs ORT dense "):
+    probe_key = "line_round_trip_ns" if all("line_round_trip_ns" in p for r in rows for p in r["probes"]) else "round_trip_us"
+    unit = "cache line ns" if probe_key == "line_round_trip_ns" else "round trip µs"
+    for col in ("model", "plan", "near rounds", unit, "ms", "vs our dense", "vs ORT dense", "far rounds", unit + " ",
+                "ms ", "vs our dense ", "vs ORT dense "):
         by.add_column(col)
     for r in rows:
         if r["plan"] == "dense":
@@ -200,10 +222,11 @@ def main() -> None:
         cells = []
         for where in ("near", "far"):
             p = r["by_placement"].get(where)
-            cells += ([str(p["rounds"]), f"{p['ms']:.2f}", f"{p['speedup_vs_dense']:.2f}x", f"{p['speedup_vs_ort']:.2f}x"]
-                      if p else ["0", "-", "-", "-"])
+            cells += ([str(p["rounds"]), f"{p[probe_key]:.0f}" if probe_key == "line_round_trip_ns" else f"{p[probe_key]:.2f}",
+                       f"{p['ms']:.2f}", f"{p['speedup_vs_dense']:.2f}x", f"{p['speedup_vs_ort']:.2f}x"]
+                      if p else ["0", "-", "-", "-", "-"])
         by.add_row(r["model"], r["plan"], *cells)
-    Console().print(by)
+    Console(width=160).print(by)
     probes = [pr for r in rows if r["plan"] == "dense" for pr in r["probes"]]
     trips = [pr["round_trip_us"] for pr in probes]
     lines = [pr["line_round_trip_ns"] for pr in probes if "line_round_trip_ns" in pr]

@@ -970,18 +970,19 @@ def rewrite_kernels(mod, planner: TilePlanner, layer_names: dict[str, list[str]]
             """Depthwise conv that reads only the kept kernel positions of each channel block."""
             c = weight.shape[0]
             w2 = pack_depthwise_weight(weight)
-            # the widest channel block whose union of kept positions adds (almost) no work: each block's
-            # own count (DEPTHWISE_COUNTS), else the largest, which every block is padded to
+            # the widest channel block whose union of kept positions adds (almost) no work (by the largest
+            # count, which every block is padded to; choosing by the blocks' mean count instead, with
+            # DEPTHWISE_COUNTS, was no faster: dev measurement, BENCHMARKS.md); each block then stops at
+            # its own count
             dens = {}
             for b in (1, 2, 4, 8, 16, 32):
                 if b <= c:
                     packed, kept = pack_sparse_depthwise(w2, b)
-                    counts = depthwise_block_counts(w2, b) if DEPTHWISE_COUNTS else None
-                    work = kept.shape[1] if counts is None else float(counts.mean())
-                    dens[b] = (work / w2.shape[1], packed, kept, counts)
+                    dens[b] = (kept.shape[1] / w2.shape[1], packed, kept)
             best = min(d[0] for d in dens.values())
             block = max(b for b, d in dens.items() if d[0] <= best * 1.05 + 1e-12)
-            density, packed, kept, counts = dens[block]
+            density, packed, kept = dens[block]
+            counts = depthwise_block_counts(w2, block) if DEPTHWISE_COUNTS else None
             v = planner.lanes
             m = geom(ConvTile(1, 1, v)).m
             cands = [ConvTile(1, mt, v) for mt in planner.conv_pixel_tiles(m)]
