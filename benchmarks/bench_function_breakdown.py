@@ -30,7 +30,7 @@ builds alone, in alternation: which layers gain less than the rate.
     .venv/bin/python benchmarks/bench_function_breakdown.py --rate 5 --unbalanced --compare whole-last-chunk
 
 ``--compare`` also builds the model other ways and times every build's whole model interleaved
-with the one compiled as usual:
+with the one compiled as usual (15 rounds, samples of at least ``SAMPLE_MS``):
 
 - ``silu``: every kernel's SiLU epilogue replaced by ReLU (a what-if: its outputs are wrong, it is
   timed, never used for results); the difference is what computing SiLU costs, at any pruning rate;
@@ -68,6 +68,9 @@ with the one compiled as usual:
 - ``whole-last-chunk``: block-sparse convs computing every pixel of their last pixel chunk
   (``conv_kernel.TAIL_PIXELS = False``) instead of the outputs below ``g.m`` only, a partial vector's
   pixels one at a time (:func:`~npas_lightning.compiler.conv_kernel.tail_split`).
+- ``depthwise-counts``: sparse depthwise convs whose channel blocks all compute the largest count of
+  kept kernel positions, padding included (``rewrite.DEPTHWISE_COUNTS = False``), instead of each
+  block stopping at its own count (with ``--unbalanced``; balanced rows build the same kernels).
 
 ``--planes-limits 1.25 1.5 2`` builds it once per value with ``PLANES_OUTPUT_MAX_WORK`` and
 ``PLANES_OUTPUT_MAX_WORK_SILU`` both set to it, timed interleaved with the others.
@@ -330,6 +333,10 @@ def _in_context_ms(vm, arg, runs: int = 40) -> tuple[dict[str, float], float]:
             float(np.median(walls[1:])) * 1e3)
 
 
+#: ms each whole-model sample of ``_interleaved_ms`` lasts at least
+SAMPLE_MS = 30.0
+
+
 def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 15) -> list[float]:
     """Median ms of each executable's ``main``, timed in alternation ``rounds`` times."""
     import time
@@ -340,11 +347,15 @@ def _interleaved_ms(executables: list, x: np.ndarray, rounds: int = 15) -> list[
     dev = tvm.cpu()
     vms = [relax.VirtualMachine(e, dev) for e in executables]
     arg = tvm.runtime.tensor(x)
+    # samples of at least SAMPLE_MS (5 runs or more): after each pause the cores need some milliseconds
+    # to come back, which 5-run samples of a 1 ms model mostly measure (bench_sparse_models.py --sample-ms)
+    numbers = [max(5, math.ceil(SAMPLE_MS / (vm.time_evaluator("main", dev, number=5, repeat=3)(arg).median * 1e3)))
+               for vm in vms]
     samples: list[list[float]] = [[] for _ in vms]
     for _ in range(rounds):
-        for vm, out in zip(vms, samples, strict=True):
+        for vm, number, out in zip(vms, numbers, samples, strict=True):
             time.sleep(0.05)  # spread over a few seconds: a busy moment of the VM spoils one round
-            out.append(vm.time_evaluator("main", dev, number=5, repeat=1)(arg).mean * 1e3)
+            out.append(vm.time_evaluator("main", dev, number=number, repeat=1)(arg).mean * 1e3)
     return [float(np.median(v)) for v in samples]
 
 
