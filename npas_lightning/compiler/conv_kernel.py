@@ -335,12 +335,13 @@ def conv_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None = Non
     return func
 
 
-def check_counts(counts, kept_shape: tuple[int, int]) -> np.ndarray:
-    """Validate per-tile real-entry counts ``[Fn]`` against a kept buffer of ``kept_shape`` ``[Fn, K]``."""
+def check_counts(counts, kept_shape: tuple[int, int], rows: str = "Fn") -> np.ndarray:
+    """Validate per-tile real-entry counts ``[Fn]`` against a kept buffer of ``kept_shape`` ``[Fn, K]``
+    (``rows``: what a row of ``kept`` is called in the error, a filter tile or a channel block)."""
     arr = np.asarray(counts)
     fn, k = kept_shape
     if arr.shape != (fn,) or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"counts of shape {list(arr.shape)} ({arr.dtype}): expected an integer array [Fn] = [{fn}]")
+        raise ValueError(f"counts of shape {list(arr.shape)} ({arr.dtype}): expected an integer array [{rows}] = [{fn}]")
     if fn and (arr.min() < 0 or arr.max() > k):
         raise ValueError(f"counts in [{arr.min()}, {arr.max()}]: expected [0, K={k}] (entries per row of kept)")
     return arr.astype("int64")
@@ -965,7 +966,7 @@ def depthwise_primfunc(g: ConvGeometry, tile: ConvTile, kept: np.ndarray | None 
         sb = te.placeholder((kept.shape[0], k), name="Ks", dtype="int32")
         rk = te.reduce_axis((0, k), "rk")
         if counts is not None:
-            counts = check_counts(counts, kept.shape)
+            counts = check_counts(counts, kept.shape, "ceil(C/block)")
             if counts.min() < 1:
                 raise ValueError(f"counts holds {int(counts.min())}: expected every channel block to keep at least "
                                  "one kernel position (a block keeping none is padded to one zero weight)")

@@ -356,6 +356,8 @@ def test_kernel_kept_errors_name_the_argument():
         depthwise_primfunc(g, ConvTile(1, 1, 16), kept=np.array([[0, 9]] * 4, "int32"))
     with pytest.raises(ValueError, match="counts=... needs kept"):
         depthwise_primfunc(g, ConvTile(1, 1, 16), counts=np.ones(4, "int32"))
+    with pytest.raises(ValueError, match=r"counts of shape \[3\] \(int64\): expected an integer array \[ceil\(C/block\)\] = \[4\]"):
+        depthwise_primfunc(g, ConvTile(1, 1, 16), kept=np.zeros((4, 2), "int32"), counts=np.array([1, 2, 2]))
     with pytest.raises(ValueError, match="expected every channel block to keep at least one"):
         depthwise_primfunc(g, ConvTile(1, 1, 16), kept=np.zeros((4, 2), "int32"), counts=np.array([1, 0, 2, 2]))
 
