@@ -1010,11 +1010,12 @@ def _depthwise_counts_built(g: ConvGeometry, tile: ConvTile, k: int, blocks: int
             cnt = T.alloc_buffer((1,), "int32", scope=STACK_SCOPE)
             T.buffer_store(cnt, ks[cb, k], [0])
 
+            biased = bool(epilogue) and in_registers  # the tiles start from the bias
+
             def plane(d: int) -> None:
                 with T.serial(0, chunks) as u:
                     m0 = u * px
                     acc = accumulators(1, px)
-                    biased = bool(epilogue) and in_registers  # the tile starts from the bias
                     start_tile(acc, tile, c, bias if biased else None)
                     for rk in range(d):
                         for _, i in register_tile(tile):

@@ -198,8 +198,9 @@ def pack_sparse_rows(weight2d: np.ndarray, ft: int, *, reorder: bool = False) ->
     )
 
 
-def _depthwise_block_mask(weight: np.ndarray, block: int) -> np.ndarray:
-    """``[ceil(C/block), KH*KW]`` bool: the kernel positions some channel of each block keeps."""
+def _depthwise_blocks(weight: np.ndarray, block: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """``(w [C, KH*KW], block, mask [ceil(C/block), KH*KW])``: the validated depthwise weight and block,
+    and the kernel positions some channel of each block keeps."""
     arr = np.asarray(weight)
     if arr.ndim == 4 and arr.shape[1] == 1:
         arr = arr.reshape(arr.shape[0], -1)
@@ -211,7 +212,7 @@ def _depthwise_block_mask(weight: np.ndarray, block: int) -> np.ndarray:
     cb = -(-c // block)
     mask = np.zeros((cb * block, p), dtype=bool)
     mask[:c] = w != 0
-    return mask.reshape(cb, block, p).any(1)
+    return w, block, mask.reshape(cb, block, p).any(1)
 
 
 def pack_sparse_depthwise(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +227,7 @@ def pack_sparse_depthwise(weight: np.ndarray, block: int) -> tuple[np.ndarray, n
         >>> packed, kept = pack_sparse_depthwise(w, 2); kept.tolist(), packed.tolist()
         ([[1, 3], [0, 1]], [[1.0, 2.0], [3.0, 0.0], [5.0, 0.0]])
     """
-    block_mask = _depthwise_block_mask(weight, block)
-    w = np.asarray(weight).reshape(np.shape(weight)[0], -1)
+    w, block, block_mask = _depthwise_blocks(weight, block)
     k = max(int(block_mask.sum(1).max()), 1)
     kept = np.argsort(~block_mask, axis=1, kind="stable")[:, :k]
     packed = np.take_along_axis(w, kept[np.arange(w.shape[0]) // block], axis=1)
@@ -244,4 +244,4 @@ def depthwise_block_counts(weight: np.ndarray, block: int) -> np.ndarray:
         >>> depthwise_block_counts(w, 2).tolist(), depthwise_block_counts(w, 1).tolist()
         ([2, 1], [2, 1, 1])
     """
-    return np.maximum(_depthwise_block_mask(weight, block).sum(1), 1).astype("int32")
+    return np.maximum(_depthwise_blocks(weight, block)[2].sum(1), 1).astype("int32")
